@@ -1,0 +1,12 @@
+"""hf_dualsig: dual-branch sigmoid class activation maps for Hugging Face image classifiers."""
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+from .configuration_dualsig import DualSigmoidConfig
+from .modeling_dualsig import DualSigmoidForImageClassification, DualSigmoidOutput
+
+AutoConfig.register(DualSigmoidConfig.model_type, DualSigmoidConfig, exist_ok=True)
+AutoModel.register(DualSigmoidConfig, DualSigmoidForImageClassification, exist_ok=True)
+AutoModelForImageClassification.register(DualSigmoidConfig, DualSigmoidForImageClassification, exist_ok=True)
+
+__all__ = ["DualSigmoidConfig", "DualSigmoidForImageClassification", "DualSigmoidOutput"]
