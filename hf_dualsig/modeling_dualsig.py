@@ -72,6 +72,7 @@ class DualSigmoidForImageClassification(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    accepts_loss_kwargs = True  # Trainer passes num_items_in_batch (exact loss under accumulation and DDP)
 
     def __init__(self, config: DualSigmoidConfig, classifier: PreTrainedModel | None = None):
         super().__init__(config)
@@ -169,15 +170,27 @@ class DualSigmoidForImageClassification(PreTrainedModel):
         output_attentions: bool | None = None,
         interpolate_pos_encoding: bool | None = None,
         return_dict: bool | None = None,
+        head_inputs: tuple[torch.Tensor, ...] | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
     ) -> DualSigmoidOutput | tuple:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Class indices in `[0, num_labels)`; when given, `loss` is the class-balanced BCE of `sigmoid_logits`.
+        head_inputs (`tuple(torch.FloatTensor)`, *optional*):
+            Precomputed inputs of the classification head(s) (`DualSigmoidOutput.head_inputs`), instead of
+            `pixel_values`: both heads run on them and the frozen backbone is skipped (the feature-cache path).
+        num_items_in_batch (`int`, *optional*):
+            Samples in the whole (accumulated, all-process) batch; `Trainer` passes it so that the loss is exact
+            under gradient accumulation and data parallelism.
         """
-        self._check_pixel_values(pixel_values)
         if labels is not None:
             self._check_labels(labels)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if head_inputs is not None:
+            if pixel_values is not None:
+                raise ValueError("Pass either pixel_values or head_inputs, not both.")
+            return self._forward_from_head_inputs(tuple(head_inputs), labels, num_items_in_batch, return_dict)
+        self._check_pixel_values(pixel_values)
         options = {
             "output_hidden_states": output_hidden_states,
             "output_attentions": output_attentions,
@@ -200,17 +213,9 @@ class DualSigmoidForImageClassification(PreTrainedModel):
         finally:
             for handle in handles:
                 handle.remove()
-        sigmoid_logits = self.sigmoid_logits_from_features(head_inputs)
-
-        loss = None
-        if labels is not None:
-            pos_weight = resolve_pos_weight(
-                self.config.pos_weight, self.config.num_labels, self.config.class_counts, sigmoid_logits.device
-            )
-            loss = class_balanced_bce(sigmoid_logits, labels, pos_weight)
-
+        sigmoid_logits = _mean_of_heads(self.sigmoid_head, head_inputs)
         output = DualSigmoidOutput(
-            loss=loss,
+            loss=self._loss(sigmoid_logits, labels, num_items_in_batch),
             logits=outputs.logits,
             sigmoid_logits=sigmoid_logits,
             head_inputs=tuple(head_inputs),
@@ -219,11 +224,27 @@ class DualSigmoidForImageClassification(PreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
-    def sigmoid_logits_from_features(self, head_inputs) -> torch.Tensor:
-        """The sigmoid branch applied to what fed the softmax head(s); several heads are averaged, as the
-        original averages them."""
-        logits = [head(features) for head, features in zip(self.sigmoid_head, head_inputs)]
-        return logits[0] if len(logits) == 1 else torch.stack(logits).mean(0)
+    def _forward_from_head_inputs(self, head_inputs, labels, num_items_in_batch, return_dict):
+        if len(head_inputs) != len(self.config.head_paths):
+            raise ValueError(
+                f"head_inputs has {len(head_inputs)} tensors but the model has {len(self.config.head_paths)} head(s)."
+            )
+        sigmoid_logits = _mean_of_heads(self.sigmoid_head, head_inputs)
+        output = DualSigmoidOutput(
+            loss=self._loss(sigmoid_logits, labels, num_items_in_batch),
+            logits=_mean_of_heads(self.softmax_heads, head_inputs),
+            sigmoid_logits=sigmoid_logits,
+            head_inputs=head_inputs,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _loss(self, sigmoid_logits, labels, num_items_in_batch) -> torch.Tensor | None:
+        if labels is None:
+            return None
+        pos_weight = resolve_pos_weight(
+            self.config.pos_weight, self.config.num_labels, self.config.class_counts, sigmoid_logits.device
+        )
+        return class_balanced_bce(sigmoid_logits, labels, pos_weight, num_items_in_batch)
 
     def _check_pixel_values(self, pixel_values) -> None:
         if not isinstance(pixel_values, torch.Tensor):
@@ -253,6 +274,12 @@ class DualSigmoidForImageClassification(PreTrainedModel):
                 f"labels must lie in [0, {self.config.num_labels}); got values from {labels.min().item()} to "
                 f"{labels.max().item()}. Map the dataset's labels onto the model's label2id first."
             )
+
+
+def _mean_of_heads(heads, head_inputs) -> torch.Tensor:
+    """Heads applied to their inputs; several heads are averaged, as DeiT-with-teacher averages them."""
+    logits = [head(features) for head, features in zip(heads, head_inputs)]
+    return logits[0] if len(logits) == 1 else torch.stack(logits).mean(0)
 
 
 def _describe(value) -> str:
