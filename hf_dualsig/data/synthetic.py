@@ -34,7 +34,7 @@ SECOND_INSTANCE_PROBABILITY = 0.25
 class SyntheticWSOLConfig:
     """Sizes and seed of the synthetic set; `num_classes` takes the first classes of `CLASSES`."""
 
-    num_train: int = 1200
+    num_train: int = 2000
     num_val: int = 300
     num_test: int = 300
     image_size: int = 64
@@ -64,8 +64,9 @@ def synthetic_features(num_classes: int) -> Features:
 
 
 def load_synthetic_wsol(config: SyntheticWSOLConfig = SyntheticWSOLConfig(), cache_dir: str | None = None) -> DatasetDict:
-    """The synthetic set as a `DatasetDict` (train/validation/test), cached on disk by its settings."""
-    cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "hf_dualsig")
+    """The synthetic set as a `DatasetDict` (train/validation/test), cached on disk by its settings
+    (in `cache_dir`, else $HF_DUALSIG_CACHE, else ~/.cache/hf_dualsig)."""
+    cache_dir = cache_dir or os.environ.get("HF_DUALSIG_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hf_dualsig")
     key = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:12]
     path = os.path.join(cache_dir, f"synthetic_wsol-{key}")
     if os.path.isdir(path):

@@ -1,0 +1,168 @@
+"""Datasets in the common WSOL schema: image, label, boxes (x0, y0, x1, y1 in original pixels), optional masks.
+
+Sources: the synthetic set, the wsolevaluation metadata layout (CUB, ILSVRC, OpenImages, Stanford Cars) and any
+`datasets.load_dataset` dataset (Hub id, parquet, imagefolder) with an image and a label column.
+"""
+
+import io
+import logging
+import os
+
+import numpy as np
+from datasets import Dataset, Features, Image, List, Value, load_dataset
+from PIL import Image as PILImage
+
+logger = logging.getLogger(__name__)
+
+
+def _read_csv_lines(path: str) -> list[list[str]]:
+    if not os.path.isfile(path):
+        raise ValueError(f"metadata file not found: {path}")
+    with open(path) as handle:
+        return [line.strip().split(",") for line in handle if line.strip()]
+
+
+def load_wsol_metadata(metadata_dir: str, image_root: str, mask_root: str | None = None) -> Dataset:
+    """One split in the wsolevaluation layout (`metadata/<dataset>/<split>/`) as a `Dataset`.
+
+    Boxes come from `localization.txt` (path,x0,y0,x1,y1) and masks from its OpenImages form
+    (path,mask_path[,ignore_path]): the mask is the union of an image's instance masks (> 0.5 after scaling to
+    [0, 1]); the ignore mask, when given, is kept as `ignore_mask`. Paths are relative to `image_root`
+    (`mask_root` for masks, default `image_root`).
+    """
+    mask_root = mask_root or image_root
+    image_ids = [row[0] for row in _read_csv_lines(os.path.join(metadata_dir, "image_ids.txt"))]
+    if not image_ids:
+        raise ValueError(f"{metadata_dir}/image_ids.txt lists no image: the split is empty.")
+    labels = {row[0]: int(row[1]) for row in _read_csv_lines(os.path.join(metadata_dir, "class_labels.txt"))}
+    boxes: dict[str, list] = {image_id: [] for image_id in image_ids}
+    masks: dict[str, list] = {}
+    ignores: dict[str, str] = {}
+    for row in _read_csv_lines(os.path.join(metadata_dir, "localization.txt")):
+        if row[0] not in boxes:
+            raise ValueError(f"localization.txt names {row[0]!r}, which image_ids.txt does not list.")
+        if len(row) == 5:
+            boxes[row[0]].append([float(v) for v in row[1:]])
+        elif len(row) in (2, 3):
+            masks.setdefault(row[0], []).append(row[1])
+            if len(row) == 3 and row[2]:
+                ignores[row[0]] = row[2]
+        else:
+            raise ValueError(f"localization.txt line {','.join(row)!r}: expected path,x0,y0,x1,y1 or path,mask[,ignore].")
+    missing = [image_id for image_id in image_ids if image_id not in labels]
+    if missing:
+        raise ValueError(f"class_labels.txt has no label for image id {missing[0]!r} ({len(missing)} missing).")
+    rows = {
+        "image_id": image_ids,
+        "image": [os.path.join(image_root, image_id) for image_id in image_ids],
+        "label": [labels[image_id] for image_id in image_ids],
+        "boxes": [boxes[image_id] for image_id in image_ids],
+    }
+    features = {
+        "image_id": Value("string"),
+        "image": Image(),
+        "label": Value("int64"),
+        "boxes": List(List(Value("float32"), length=4)),
+    }
+    if masks:
+        rows["mask"] = [_union_mask([os.path.join(mask_root, m) for m in masks.get(i, [])]) for i in image_ids]
+        rows["ignore_mask"] = [os.path.join(mask_root, ignores[i]) if i in ignores else None for i in image_ids]
+        features.update(mask=Image(), ignore_mask=Image())
+    return Dataset.from_dict(rows, features=Features(features))
+
+
+def _union_mask(paths: list[str]) -> dict | None:
+    if not paths:
+        return None
+    union = None
+    for path in paths:
+        mask = np.asarray(PILImage.open(path).convert("L"), dtype=np.float32) / 255.0 > 0.5
+        union = mask if union is None else union | mask
+    buffer = io.BytesIO()
+    PILImage.fromarray((union * 255).astype(np.uint8), mode="L").save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def load_image_dataset(
+    path: str,
+    split: str,
+    image_column: str = "image",
+    label_column: str = "label",
+    bbox_column: str | None = None,
+    **load_kwargs,
+) -> Dataset:
+    """A split of any `datasets.load_dataset` source (Hub id, "parquet", "imagefolder", a local folder) renamed to
+    the common schema. `bbox_column` may hold one box (x0, y0, x1, y1) or a list of boxes per image."""
+    dataset = load_dataset(path, split=split, **load_kwargs)
+    columns = {"image": image_column, "label": label_column, "boxes": bbox_column}
+    for role, column in columns.items():
+        if column is not None and column not in dataset.column_names:
+            raise ValueError(
+                f"{role} column {column!r} is not in the dataset; its columns are {dataset.column_names}. "
+                f"Pass --{role if role != 'boxes' else 'bbox'}_column with one of them."
+            )
+    dataset = dataset.select_columns([c for c in columns.values() if c is not None])
+    dataset = dataset.rename_columns({column: role for role, column in columns.items() if column and column != role})
+    if bbox_column is not None:
+        dataset = dataset.map(_boxes_as_list, features=_with_box_list(dataset.features))
+    return dataset
+
+
+def _boxes_as_list(row: dict) -> dict:
+    boxes = row["boxes"]
+    if boxes and not isinstance(boxes[0], (list, tuple)):
+        boxes = [boxes]
+    return {"boxes": [[float(v) for v in box] for box in boxes or []]}
+
+
+def _with_box_list(features: Features) -> Features:
+    features = features.copy()
+    features["boxes"] = List(List(Value("float32"), length=4))
+    return features
+
+
+def check_split(dataset: Dataset, name: str, num_labels: int) -> Dataset:
+    """Fail before training on an empty split or labels outside [0, num_labels); drop undecodable images,
+    logging how many and which."""
+    if len(dataset) == 0:
+        raise ValueError(f"the {name} split is empty.")
+    labels = np.asarray(dataset["label"])
+    bad = labels[(labels < 0) | (labels >= num_labels)]
+    if bad.size:
+        raise ValueError(
+            f"the {name} split has labels outside the model's label set [0, {num_labels}): {sorted(set(bad.tolist()))[:10]}."
+        )
+    raw = dataset.cast_column("image", Image(decode=False))["image"]
+    broken = [i for i, image in enumerate(raw) if not _decodes(image)]
+    if broken:
+        names = [raw[i].get("path") or f"row {i}" for i in broken]
+        logger.warning("Skipping %d undecodable image(s) in the %s split: %s", len(broken), name, ", ".join(names[:20]))
+        keep = sorted(set(range(len(dataset))) - set(broken))
+        if not keep:
+            raise ValueError(f"no image of the {name} split decodes (first: {names[0]}).")
+        dataset = dataset.select(keep)
+    return dataset
+
+
+def _decodes(image: dict) -> bool:
+    try:
+        source = io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]
+        with PILImage.open(source) as handle:
+            handle.load()
+        return True
+    except Exception:  # PIL raises many types for broken files
+        return False
+
+
+def check_label_names(dataset: Dataset, id2label: dict[int, str]) -> None:
+    """Fail when the dataset's class names (a ClassLabel column) disagree with the classifier's labels."""
+    feature = dataset.features.get("label")
+    names = getattr(feature, "names", None)
+    if names is None:
+        return
+    model_names = [id2label[i] for i in range(len(id2label))]
+    if names != model_names:
+        raise ValueError(
+            f"the dataset's label names {names[:5]}... disagree with the classifier's {model_names[:5]}...; "
+            "use --stage both to fine-tune a classifier on this label set first."
+        )

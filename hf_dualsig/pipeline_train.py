@@ -1,0 +1,242 @@
+"""The two-stage training job behind `scripts/train.py`: fine-tune a softmax classifier, then train its sigmoid branch."""
+
+import logging
+import os
+
+import numpy as np
+from dataclasses import dataclass, field
+
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForImageClassification,
+    Trainer,
+    TrainingArguments,
+    ViTImageProcessorPil,
+)
+
+from .data.loaders import check_label_names, check_split, load_image_dataset, load_wsol_metadata
+from .data.synthetic import SyntheticWSOLConfig, load_synthetic_wsol
+from .data.transforms import ImageTransform, transform_from_processor
+from .modeling_dualsig import DualSigmoidForImageClassification
+from .training import DualSigmoidTrainer, TransformedDataset
+from .zoo import convnext_small_config
+
+logger = logging.getLogger(__name__)
+STAGES = ("softmax", "sigmoid", "both")
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A classifier (hub id or dir). Default: a small ConvNeXt built from a config."},
+    )
+    stage: str = field(
+        default="both",
+        metadata={"help": "softmax: fine-tune the classifier; sigmoid: train the branch of a trained classifier; both."},
+    )
+    softmax_epochs: float = field(default=30, metadata={"help": "Epochs of stage 1 (softmax fine-tuning)."})
+    softmax_learning_rate: float = field(default=3e-3, metadata={"help": "AdamW learning rate of stage 1."})
+    pos_weight: str = field(
+        default="num_classes_minus_one",
+        metadata={"help": "num_classes_minus_one (paper), inverse_frequency, none, or a number."},
+    )
+    use_feature_cache: bool | None = field(
+        default=None, metadata={"help": "Train the head on cached features (default: when the transform is deterministic)."}
+    )
+    augment: bool = field(default=False, metadata={"help": "Random crops and flips in stage 2 (turns the cache off)."})
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(
+        default="synthetic",
+        metadata={"help": "synthetic | wsol (wsolevaluation layout, see --metadata_dir) | a load_dataset path or hub id."},
+    )
+    data_dir: str | None = field(default=None, metadata={"help": "data_dir / image root for load_dataset or wsol."})
+    data_files: str | None = field(default=None, metadata={"help": "data_files for load_dataset (e.g. parquet files)."})
+    metadata_dir: str | None = field(default=None, metadata={"help": "wsol: metadata/<dataset> with one folder per split."})
+    image_column: str = "image"
+    label_column: str = "label"
+    bbox_column: str | None = None
+    train_split: str = "train"
+    eval_split: str = "validation"
+    image_size: int = field(default=64, metadata={"help": "Input size of the default model and synthetic images."})
+    synthetic_num_train: int = 2000
+    synthetic_num_val: int = 300
+    synthetic_num_test: int = 300
+    synthetic_num_classes: int = 6
+    synthetic_seed: int = 0
+
+
+@dataclass
+class DualSigTrainingArguments(TrainingArguments):
+    """TrainingArguments whose defaults run stage 2 on the synthetic set in seconds (paper: SGD, Nesterov)."""
+
+    output_dir: str = "outputs/convnext-dualsig"
+    num_train_epochs: float = 10
+    learning_rate: float = 0.05
+    optim: str = "sgd"
+    optim_args: str | None = "momentum=0.9,nesterov=True"
+    weight_decay: float = 5e-4
+    per_device_train_batch_size: int = 32
+    per_device_eval_batch_size: int = 64
+    eval_strategy: str = "epoch"
+    save_strategy: str = "epoch"
+    save_total_limit: int | None = 2
+    logging_steps: int = 20
+    report_to: str = "none"
+    seed: int = 0
+
+
+def load_splits(data: DataArguments) -> dict:
+    """{split name: Dataset} for the training and evaluation splits of the chosen source."""
+    if data.dataset == "synthetic":
+        synthetic = load_synthetic_wsol(
+            SyntheticWSOLConfig(
+                num_train=data.synthetic_num_train,
+                num_val=data.synthetic_num_val,
+                num_test=data.synthetic_num_test,
+                image_size=data.image_size,
+                num_classes=data.synthetic_num_classes,
+                seed=data.synthetic_seed,
+            )
+        )
+        return {"train": synthetic[data.train_split], "eval": synthetic[data.eval_split]}
+    if data.dataset == "wsol":
+        if not data.metadata_dir or not data.data_dir:
+            raise ValueError("--dataset wsol needs --metadata_dir (metadata/<dataset>) and --data_dir (image root).")
+        return {
+            role: load_wsol_metadata(os.path.join(data.metadata_dir, split), data.data_dir)
+            for role, split in (("train", data.train_split), ("eval", data.eval_split))
+        }
+    kwargs = {k: v for k, v in (("data_dir", data.data_dir), ("data_files", data.data_files)) if v}
+    return {
+        role: load_image_dataset(
+            data.dataset, split, data.image_column, data.label_column, data.bbox_column, **kwargs
+        )
+        for role, split in (("train", data.train_split), ("eval", data.eval_split))
+    }
+
+
+def _label_names(dataset) -> list[str]:
+    names = getattr(dataset.features["label"], "names", None)
+    return names or [str(i) for i in range(int(max(dataset["label"])) + 1)]
+
+
+def build_classifier(model: ModelArguments, data: DataArguments, label_names: list[str]):
+    """(classifier, image processor) for stage 1: the default ConvNeXt, or a pretrained one with a new head."""
+    id2label = dict(enumerate(label_names))
+    if model.model_name_or_path is None:
+        config = convnext_small_config(len(label_names), data.image_size)
+        config.id2label, config.label2id = id2label, {v: k for k, v in id2label.items()}
+        processor = ViTImageProcessorPil(size={"height": data.image_size, "width": data.image_size})
+        return AutoModelForImageClassification.from_config(config), processor
+    classifier = AutoModelForImageClassification.from_pretrained(
+        model.model_name_or_path,
+        num_labels=len(label_names),
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+        ignore_mismatched_sizes=True,
+    )
+    return classifier, AutoImageProcessor.from_pretrained(model.model_name_or_path)
+
+
+def train_softmax(classifier, processor, splits, model: ModelArguments, args: TrainingArguments):
+    """Stage 1: standard image-classification fine-tuning (cross-entropy, all weights, random crops and flips)."""
+    stage_args = TrainingArguments(
+        **{
+            **args.to_dict(),
+            "output_dir": os.path.join(args.output_dir, "softmax"),
+            "num_train_epochs": model.softmax_epochs,
+            "learning_rate": model.softmax_learning_rate,
+            "optim": "adamw_torch",
+            "optim_args": None,
+            "weight_decay": 0.05,
+            "push_to_hub": False,
+            "remove_unused_columns": False,
+        }
+    )
+    eval_transform = transform_from_processor(processor)
+    train_transform = ImageTransform(**{**vars(eval_transform), "augment": True})
+    trainer = Trainer(
+        model=classifier,
+        args=stage_args,
+        train_dataset=TransformedDataset(splits["train"], train_transform),
+        eval_dataset=TransformedDataset(splits["eval"], eval_transform),
+        compute_metrics=lambda p: {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())},
+    )
+    trainer.train(resume_from_checkpoint=_last_checkpoint(stage_args.output_dir, args.resume_from_checkpoint))
+    metrics = trainer.evaluate()
+    trainer.save_model(stage_args.output_dir)
+    processor.save_pretrained(stage_args.output_dir)
+    logger.info("stage 1 (softmax) eval: %s", metrics)
+    return trainer.model, metrics
+
+
+def train_sigmoid(classifier, processor, splits, model: ModelArguments, args: TrainingArguments):
+    """Stage 2: convert, train the sigmoid branch, save the dual checkpoint (code, weights, processor)."""
+    dual = DualSigmoidForImageClassification.from_classifier(
+        classifier, config_kwargs={"pos_weight": _number_or(model.pos_weight)}
+    )
+    if model.pos_weight == "inverse_frequency":
+        dual.config.class_counts = [int(c) for c in _counts(splits["train"], dual.config.num_labels)]
+    eval_transform = transform_from_processor(processor)
+    trainer = DualSigmoidTrainer(
+        dual,
+        args,
+        train_dataset=splits["train"],
+        eval_dataset=splits["eval"],
+        train_transform=ImageTransform(**{**vars(eval_transform), "augment": model.augment}),
+        eval_transform=eval_transform,
+        use_feature_cache=model.use_feature_cache,
+    )
+    trainer.train(resume_from_checkpoint=_last_checkpoint(args.output_dir, args.resume_from_checkpoint))
+    metrics = trainer.evaluate()
+    trainer.save_model(args.output_dir)
+    processor.save_pretrained(args.output_dir)
+    return trainer.model, metrics
+
+
+def run(model: ModelArguments, data: DataArguments, args: TrainingArguments) -> dict:
+    """Run the requested stages; returns the final metrics and where the checkpoint went."""
+    if model.stage not in STAGES:
+        raise ValueError(f"--stage {model.stage!r}: expected one of {STAGES}.")
+    splits = load_splits(data)
+    label_names = _label_names(splits["train"])
+    result = {}
+    if model.stage in ("softmax", "both"):
+        classifier, processor = build_classifier(model, data, label_names)
+        splits = {name: check_split(ds, name, len(label_names)) for name, ds in splits.items()}
+        classifier, result["softmax"] = train_softmax(classifier, processor, splits, model, args)
+    else:
+        if model.model_name_or_path is None:
+            raise ValueError("--stage sigmoid needs --model_name_or_path: a classifier trained on this label set.")
+        classifier = AutoModelForImageClassification.from_pretrained(model.model_name_or_path)
+        processor = AutoImageProcessor.from_pretrained(model.model_name_or_path)
+        check_label_names(splits["train"], classifier.config.id2label)
+        splits = {name: check_split(ds, name, classifier.config.num_labels) for name, ds in splits.items()}
+    if model.stage in ("sigmoid", "both"):
+        _, result["sigmoid"] = train_sigmoid(classifier, processor, splits, model, args)
+    result.update(output_dir=args.output_dir, num_processes=args.world_size)
+    return result
+
+
+def _number_or(value: str):
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def _counts(dataset, num_labels: int):
+    return np.bincount(np.asarray(dataset["label"]), minlength=num_labels)
+
+
+def _last_checkpoint(output_dir: str, resume) -> str | bool | None:
+    """`--resume_from_checkpoint` as given, or True when it is 'last' and a checkpoint exists."""
+    if resume != "last":
+        return resume
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None

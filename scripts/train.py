@@ -1,0 +1,27 @@
+"""Train the sigmoid branch of an image classifier (stage 2), after fine-tuning the classifier itself (stage 1).
+
+With no arguments: the synthetic WSOL set, a small ConvNeXt built from a config, both stages, checkpoint in
+outputs/convnext-dualsig/. Runs unchanged under `accelerate launch` (several GPUs, or processes with --use_cpu).
+"""
+
+import json
+import logging
+import sys
+
+from transformers import HfArgumentParser
+
+from hf_dualsig.pipeline_train import DataArguments, DualSigTrainingArguments, ModelArguments, run
+
+
+def main(argv=None):
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    parser = HfArgumentParser((ModelArguments, DataArguments, DualSigTrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    result = run(model_args, data_args, training_args)
+    if training_args.process_index == 0:
+        print(json.dumps(result, indent=2, default=str))
+        print(f"checkpoint: {result['output_dir']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Training the sigmoid branch: exact loss scaling, feature cache, DDP, resume after SIGKILL, the two-stage job."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as T
+
+from hf_dualsig import DualSigmoidForImageClassification
+from hf_dualsig.data.transforms import ImageTransform
+from hf_dualsig.pipeline_train import DataArguments, DualSigTrainingArguments, ModelArguments, run
+from hf_dualsig.training import DualSigmoidTrainer
+
+from conftest import SMALL_SYNTHETIC
+
+REPO = Path(__file__).resolve().parents[1]
+TRANSFORM = ImageTransform(32, 32)
+
+
+def _train_head(classifier_dir, synthetic, out, **overrides):
+    dual = DualSigmoidForImageClassification.from_classifier(T.AutoModelForImageClassification.from_pretrained(classifier_dir))
+    settings = dict(
+        output_dir=str(out), num_train_epochs=2, per_device_train_batch_size=16, learning_rate=0.1,
+        optim="sgd", optim_args=None, eval_strategy="no", save_strategy="no", use_cpu=True, seed=5,
+    )
+    settings.update(overrides.pop("args", {}))
+    overrides.setdefault("train_transform", TRANSFORM)
+    trainer = DualSigmoidTrainer(
+        dual, DualSigTrainingArguments(**settings), train_dataset=synthetic["train"],
+        eval_dataset=synthetic["validation"], **overrides,
+    )
+    trainer.train()
+    return dual, trainer
+
+
+def test_feature_cache_trains_the_same_head_and_freezes_the_rest(tiny_classifier_dir, synthetic, tmp_path):
+    cached, trainer = _train_head(tiny_classifier_dir, synthetic, tmp_path / "a", use_feature_cache=True)
+    direct, _ = _train_head(tiny_classifier_dir, synthetic, tmp_path / "b", use_feature_cache=False)
+    assert trainer.uses_feature_cache
+    for key, value in cached.sigmoid_head.state_dict().items():
+        torch.testing.assert_close(value, direct.sigmoid_head.state_dict()[key], atol=1e-6, rtol=1e-5)
+    untouched = DualSigmoidForImageClassification.from_classifier(
+        T.AutoModelForImageClassification.from_pretrained(tiny_classifier_dir)
+    )
+    assert _checksum(cached.classifier) == _checksum(direct.classifier) == _checksum(untouched.classifier)
+    assert not torch.equal(cached.sigmoid_head[0][1].weight, untouched.sigmoid_head[0][1].weight)
+
+
+def test_gradient_accumulation_gives_the_full_batch_loss(tiny_classifier_dir, synthetic, tmp_path):
+    # 48 samples: batches of 16 vs 8 x 2 accumulation steps vs 5 + 5 + ... with an uneven last batch
+    full, _ = _train_head(tiny_classifier_dir, synthetic, tmp_path / "a", args={"per_device_train_batch_size": 16})
+    accumulated, _ = _train_head(
+        tiny_classifier_dir, synthetic, tmp_path / "b",
+        args={"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2},
+    )
+    for key, value in full.sigmoid_head.state_dict().items():
+        torch.testing.assert_close(accumulated.sigmoid_head.state_dict()[key], value, atol=1e-6, rtol=1e-5)
+
+
+def test_evaluation_reports_both_heads_and_the_bce(tiny_classifier_dir, synthetic, tmp_path):
+    dual, trainer = _train_head(tiny_classifier_dir, synthetic, tmp_path)
+    metrics = trainer.evaluate()
+    with torch.no_grad():
+        pixels = torch.stack([TRANSFORM(image) for image in synthetic["validation"]["image"]])
+        labels = torch.tensor(synthetic["validation"]["label"])
+        out = dual(pixels, labels=labels)
+    assert metrics["eval_accuracy_softmax"] == pytest.approx((out.logits.argmax(-1) == labels).float().mean().item())
+    assert metrics["eval_accuracy_sigmoid"] == pytest.approx((out.sigmoid_logits.argmax(-1) == labels).float().mean().item())
+    assert metrics["eval_loss"] == pytest.approx(out.loss.item(), rel=1e-4)
+
+
+def test_two_processes_match_one_process(tiny_classifier_dir, tmp_path):
+    common = [
+        "--stage", "sigmoid", "--model_name_or_path", str(tiny_classifier_dir), "--use_cpu",
+        "--synthetic_num_train", "48", "--synthetic_num_val", "16", "--synthetic_num_test", "16",
+        "--synthetic_num_classes", "4", "--image_size", "32", "--num_train_epochs", "2", "--eval_strategy", "no",
+        "--save_strategy", "no", "--learning_rate", "0.1",
+    ]
+    env = {**os.environ, "HF_DUALSIG_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    one = subprocess.run(
+        [sys.executable, "scripts/train.py", *common, "--output_dir", str(tmp_path / "one"),
+         "--per_device_train_batch_size", "16"],
+        cwd=REPO, env=env, capture_output=True, text=True,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "scripts/train.py", *common, "--output_dir", str(tmp_path / "two"), "--per_device_train_batch_size", "8"],
+        cwd=REPO, env=env, capture_output=True, text=True,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert '"num_processes": 2' in two.stdout and '"num_processes": 1' in one.stdout
+    heads = [DualSigmoidForImageClassification.from_pretrained(tmp_path / n).sigmoid_head.state_dict() for n in ("one", "two")]
+    start = DualSigmoidForImageClassification.from_classifier(T.AutoModelForImageClassification.from_pretrained(tiny_classifier_dir))
+    for key in heads[0]:
+        torch.testing.assert_close(heads[1][key], heads[0][key], atol=1e-5, rtol=0)
+        assert not torch.equal(heads[0][key], start.sigmoid_head.state_dict()[key])
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_classifier_dir, tmp_path):
+    env = {**os.environ, "HF_DUALSIG_CACHE": str(tmp_path / "cache")}
+    driver = [sys.executable, str(REPO / "tests" / "train_driver.py"), str(tiny_classifier_dir)]
+    straight = subprocess.run([*driver, str(tmp_path / "straight")], env=env, capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = subprocess.run([*driver, str(tmp_path / "resumed"), "--kill_after_step", "4"], env=env, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert (tmp_path / "resumed" / "checkpoint-4").is_dir() and not (tmp_path / "resumed" / "checkpoint-8").exists()
+    resumed = subprocess.run([*driver, str(tmp_path / "resumed"), "--resume"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = DualSigmoidForImageClassification.from_pretrained(tmp_path / "straight").sigmoid_head.state_dict()
+    b = DualSigmoidForImageClassification.from_pretrained(tmp_path / "resumed").sigmoid_head.state_dict()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0)
+
+
+def test_two_stage_job_learns_on_the_synthetic_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DUALSIG_CACHE", str(tmp_path / "cache"))
+    data = DataArguments(
+        synthetic_num_train=240, synthetic_num_val=60, synthetic_num_test=16, synthetic_num_classes=4, image_size=32
+    )
+    args = DualSigTrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, num_train_epochs=8, logging_steps=1)
+    result = run(ModelArguments(softmax_epochs=6, softmax_learning_rate=5e-3), data, args)
+    softmax, sigmoid = result["softmax"], result["sigmoid"]
+    assert softmax["eval_accuracy"] > 0.5  # 4 classes: chance is 0.25
+    assert sigmoid["eval_accuracy_softmax"] == pytest.approx(softmax["eval_accuracy"])  # the softmax head is untouched
+    assert sigmoid["eval_accuracy_sigmoid"] >= softmax["eval_accuracy"] - 0.1
+    losses = [entry["loss"] for entry in _trainer_log(tmp_path / "out") if "loss" in entry]
+    assert losses[-1] < losses[0]
+    loaded = T.AutoModel.from_pretrained(tmp_path / "out")
+    assert isinstance(loaded, DualSigmoidForImageClassification)
+    assert (tmp_path / "out" / "preprocessor_config.json").exists()
+
+
+def test_bad_data_fails_before_training(tiny_classifier_dir, synthetic, tmp_path):
+    from hf_dualsig.data.loaders import check_label_names, check_split
+
+    with pytest.raises(ValueError, match="empty"):
+        check_split(synthetic["train"].select([]), "train", 4)
+    with pytest.raises(ValueError, match=r"outside the model's label set \[0, 3\)"):
+        check_split(synthetic["train"], "train", 3)
+    with pytest.raises(ValueError, match="label names"):
+        check_label_names(synthetic["train"], {0: "a", 1: "b", 2: "c", 3: "d"})
+    with pytest.raises(ValueError, match="augment"):
+        _train_head(tiny_classifier_dir, synthetic, tmp_path, use_feature_cache=True,
+                    train_transform=ImageTransform(32, 32, augment=True))
+    with pytest.raises(TypeError, match="from_classifier"):
+        DualSigmoidTrainer(T.AutoModelForImageClassification.from_pretrained(tiny_classifier_dir),
+                           DualSigTrainingArguments(output_dir=str(tmp_path)), train_transform=TRANSFORM)
+    with pytest.raises(ValueError, match="--stage"):
+        run(ModelArguments(stage="all"), DataArguments(), DualSigTrainingArguments(output_dir=str(tmp_path)))
+
+
+def _checksum(module) -> str:
+    digest = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _trainer_log(output_dir):
+    checkpoints = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return json.loads((checkpoints[-1] / "trainer_state.json").read_text())["log_history"]
