@@ -79,6 +79,7 @@ class DualSigTrainingArguments(TrainingArguments):
     optim: str = "sgd"
     optim_args: str | None = "momentum=0.9,nesterov=True"
     weight_decay: float = 5e-4
+    max_grad_norm: float = 0.0  # the paper does not clip
     per_device_train_batch_size: int = 32
     per_device_eval_batch_size: int = 64
     eval_strategy: str = "epoch"

@@ -43,12 +43,19 @@ class FeatureDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         return {"head_inputs": tuple(t[index] for t in self.head_inputs), "labels": self.labels[index]}
 
+    def __getitems__(self, indices: list[int]) -> dict:
+        """A whole batch in one indexing operation (DataLoader's batched fetch)."""
+        index = torch.as_tensor(indices)
+        return {"head_inputs": tuple(t[index] for t in self.head_inputs), "labels": self.labels[index]}
 
-def collate_features(rows: list[dict]) -> dict:
-    """FeatureDataset rows -> {"head_inputs", "labels"} batches."""
+
+def collate_features(batch: dict | list[dict]) -> dict:
+    """FeatureDataset batches (from `__getitems__`) or rows -> {"head_inputs", "labels"}."""
+    if isinstance(batch, dict):
+        return batch
     return {
-        "head_inputs": tuple(torch.stack(parts) for parts in zip(*(row["head_inputs"] for row in rows))),
-        "labels": torch.stack([torch.as_tensor(row["labels"]) for row in rows]),
+        "head_inputs": tuple(torch.stack(parts) for parts in zip(*(row["head_inputs"] for row in batch))),
+        "labels": torch.stack([torch.as_tensor(row["labels"]) for row in batch]),
     }
 
 
@@ -69,7 +76,7 @@ def compute_head_inputs(
     state = PartialState()
     rank, world = state.process_index, state.num_processes
     bounds = np.linspace(0, len(dataset), world + 1).astype(int)
-    shard = dataset.select(range(bounds[rank], bounds[rank + 1]))
+    shard = dataset.select_columns(["image", "label"]).select(range(bounds[rank], bounds[rank + 1]))
     loader = DataLoader(shard, batch_size=batch_size, collate_fn=ImageClassificationCollator(transform))
     model = model.to(device).eval()
     parts, labels = [], []
@@ -136,6 +143,7 @@ class DualSigmoidTrainer(Trainer):
             raise ValueError("train_transform is required: use data.transform_from_processor(image_processor).")
         eval_transform = eval_transform or ImageTransform(**{**vars(train_transform), "augment": False})
         self.uses_feature_cache = _decide_feature_cache(use_feature_cache, train_transform)
+        args.remove_unused_columns = False  # our datasets yield exactly the model's inputs
         kwargs.setdefault("compute_metrics", compute_head_accuracies)
         kwargs.setdefault("preprocess_logits_for_metrics", preprocess_logits_for_metrics)
         if self.uses_feature_cache:
