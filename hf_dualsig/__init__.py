@@ -2,6 +2,7 @@
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
+from .cam import CAM_METHODS, CAMOutput, explain
 from .configuration_dualsig import DualSigmoidConfig
 from .modeling_dualsig import DualSigmoidForImageClassification, DualSigmoidOutput
 
@@ -9,4 +10,11 @@ AutoConfig.register(DualSigmoidConfig.model_type, DualSigmoidConfig, exist_ok=Tr
 AutoModel.register(DualSigmoidConfig, DualSigmoidForImageClassification, exist_ok=True)
 AutoModelForImageClassification.register(DualSigmoidConfig, DualSigmoidForImageClassification, exist_ok=True)
 
-__all__ = ["DualSigmoidConfig", "DualSigmoidForImageClassification", "DualSigmoidOutput"]
+__all__ = [
+    "CAM_METHODS",
+    "CAMOutput",
+    "DualSigmoidConfig",
+    "DualSigmoidForImageClassification",
+    "DualSigmoidOutput",
+    "explain",
+]

@@ -29,10 +29,10 @@ class BackboneAdapter:
     has_attentions: bool = False
 
 
-def _vit_like(prefix: str, norm: str = "layernorm_before", fixed: int = 1, heads=("classifier",), attr=None):
+def _vit_like(blocks: str, norm: str = "layernorm_before", fixed: int = 1, heads=("classifier",), attr=None):
     return BackboneAdapter(
         head_paths=heads,
-        cam_layer=f"{prefix}.encoder.layer.-1.{norm}",
+        cam_layer=f"{blocks}.-1.{norm}",
         tokens=True,
         fixed_prefix_tokens=fixed,
         prefix_tokens_attr=attr,
@@ -41,15 +41,15 @@ def _vit_like(prefix: str, norm: str = "layernorm_before", fixed: int = 1, heads
 
 
 ADAPTERS: dict[str, BackboneAdapter] = {
-    "ViTForImageClassification": _vit_like("vit"),
-    "DeiTForImageClassification": _vit_like("deit", fixed=2),
+    "ViTForImageClassification": _vit_like("vit.layers"),
+    "DeiTForImageClassification": _vit_like("deit.layers", fixed=2),
     "DeiTForImageClassificationWithTeacher": _vit_like(
-        "deit", fixed=2, heads=("cls_classifier", "distillation_classifier")
+        "deit.layers", fixed=2, heads=("cls_classifier", "distillation_classifier")
     ),
-    "BeitForImageClassification": _vit_like("beit"),
-    "Dinov2ForImageClassification": _vit_like("dinov2", norm="norm1"),
+    "BeitForImageClassification": _vit_like("beit.layers"),
+    "Dinov2ForImageClassification": _vit_like("dinov2.encoder.layer", norm="norm1"),
     "Dinov2WithRegistersForImageClassification": _vit_like(
-        "dinov2_with_registers", norm="norm1", attr="num_register_tokens"
+        "dinov2_with_registers.encoder.layer", norm="norm1", attr="num_register_tokens"
     ),
     "SwinForImageClassification": BackboneAdapter(
         cam_layer="swin.encoder.layers.-1.blocks.-1.layernorm_before", tokens=True, has_attentions=True

@@ -16,6 +16,7 @@ from transformers.initialization import no_init_weights
 from transformers.utils import ModelOutput
 
 from .backbones import get_adapter, resolve_module
+from .cam import CAMOutput, explain
 from .configuration_dualsig import DualSigmoidConfig
 from .losses import class_balanced_bce, resolve_pos_weight
 
@@ -245,6 +246,13 @@ class DualSigmoidForImageClassification(PreTrainedModel):
             self.config.pos_weight, self.config.num_labels, self.config.class_counts, sigmoid_logits.device
         )
         return class_balanced_bce(sigmoid_logits, labels, pos_weight, num_items_in_batch)
+
+    def explain(
+        self, pixel_values: torch.Tensor, methods=("gradcam",), heads=("sigmoid",), **kwargs
+    ) -> CAMOutput:
+        """Class activation maps of `methods` x `heads` from one shared pass; see `cam.explain` for the options
+        (targets, top_k, target_layer, normalize, truncate_negative_weights, upsample, return_raw)."""
+        return explain(self, pixel_values, methods=methods, heads=heads, **kwargs)
 
     def _check_pixel_values(self, pixel_values) -> None:
         if not isinstance(pixel_values, torch.Tensor):
