@@ -272,7 +272,7 @@ class _Session:
             for method, column in per_target.items():
                 low = torch.stack(column, dim=1)  # (B, K, h, w)
                 raw[(method, head)] = low
-                maps[(method, head)] = _finish(low, self.pixel_values.shape[-2:], upsample, normalize)
+                maps[(method, head)] = resize_maps(low, self.pixel_values.shape[-2:], upsample, normalize)
         if not several:
             maps = {k: v[:, 0] for k, v in maps.items()}
             raw = {k: v[:, 0] for k, v in raw.items()}
@@ -347,12 +347,13 @@ class _Session:
         return scores
 
 
-def _finish(maps: torch.Tensor, size, upsample: str, normalize: bool) -> torch.Tensor:
-    b, k, h, w = maps.shape
+def resize_maps(maps: torch.Tensor, size, upsample: str = "bilinear", normalize: bool = True) -> torch.Tensor:
+    """Maps (..., h, w) resized to `size` (H, W) and, by default, min-max normalised (see `normalize_maps`)."""
     if upsample not in ("bilinear", "bicubic"):
         raise ValueError(f"upsample={upsample!r}: expected 'bilinear' or 'bicubic'.")
-    up = F.interpolate(maps.reshape(b * k, 1, h, w).float(), size=tuple(size), mode=upsample, align_corners=False)
-    up = up.reshape(b, k, *size)
+    lead, (h, w) = maps.shape[:-2], maps.shape[-2:]
+    up = F.interpolate(maps.reshape(-1, 1, h, w).float(), size=tuple(size), mode=upsample, align_corners=False)
+    up = up.reshape(*lead, *size)
     return normalize_maps(up) if normalize else up
 
 

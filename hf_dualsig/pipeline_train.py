@@ -35,7 +35,7 @@ class ModelArguments:
         default="both",
         metadata={"help": "softmax: fine-tune the classifier; sigmoid: train the branch of a trained classifier; both."},
     )
-    softmax_epochs: float = field(default=30, metadata={"help": "Epochs of stage 1 (softmax fine-tuning)."})
+    softmax_epochs: float = field(default=20, metadata={"help": "Epochs of stage 1 (softmax fine-tuning)."})
     softmax_learning_rate: float = field(default=3e-3, metadata={"help": "AdamW learning rate of stage 1."})
     pos_weight: str = field(
         default="num_classes_minus_one",
@@ -90,8 +90,8 @@ class DualSigTrainingArguments(TrainingArguments):
     seed: int = 0
 
 
-def load_splits(data: DataArguments) -> dict:
-    """{split name: Dataset} for the training and evaluation splits of the chosen source."""
+def load_split(data: DataArguments, split: str):
+    """One split of the chosen source in the common schema."""
     if data.dataset == "synthetic":
         synthetic = load_synthetic_wsol(
             SyntheticWSOLConfig(
@@ -103,21 +103,20 @@ def load_splits(data: DataArguments) -> dict:
                 seed=data.synthetic_seed,
             )
         )
-        return {"train": synthetic[data.train_split], "eval": synthetic[data.eval_split]}
+        if split not in synthetic:
+            raise ValueError(f"split {split!r}: the synthetic set has {list(synthetic)}.")
+        return synthetic[split]
     if data.dataset == "wsol":
         if not data.metadata_dir or not data.data_dir:
             raise ValueError("--dataset wsol needs --metadata_dir (metadata/<dataset>) and --data_dir (image root).")
-        return {
-            role: load_wsol_metadata(os.path.join(data.metadata_dir, split), data.data_dir)
-            for role, split in (("train", data.train_split), ("eval", data.eval_split))
-        }
+        return load_wsol_metadata(os.path.join(data.metadata_dir, split), data.data_dir)
     kwargs = {k: v for k, v in (("data_dir", data.data_dir), ("data_files", data.data_files)) if v}
-    return {
-        role: load_image_dataset(
-            data.dataset, split, data.image_column, data.label_column, data.bbox_column, **kwargs
-        )
-        for role, split in (("train", data.train_split), ("eval", data.eval_split))
-    }
+    return load_image_dataset(data.dataset, split, data.image_column, data.label_column, data.bbox_column, **kwargs)
+
+
+def load_splits(data: DataArguments) -> dict:
+    """{"train": ..., "eval": ...} for the training and evaluation splits of the chosen source."""
+    return {"train": load_split(data, data.train_split), "eval": load_split(data, data.eval_split)}
 
 
 def _label_names(dataset) -> list[str]:

@@ -7,6 +7,7 @@ Sources: the synthetic set, the wsolevaluation metadata layout (CUB, ILSVRC, Ope
 import io
 import logging
 import os
+from dataclasses import dataclass
 
 import numpy as np
 from datasets import Dataset, Features, Image, List, Value, load_dataset
@@ -22,19 +23,27 @@ def _read_csv_lines(path: str) -> list[list[str]]:
         return [line.strip().split(",") for line in handle if line.strip()]
 
 
-def load_wsol_metadata(metadata_dir: str, image_root: str, mask_root: str | None = None) -> Dataset:
-    """One split in the wsolevaluation layout (`metadata/<dataset>/<split>/`) as a `Dataset`.
+@dataclass
+class WSOLMetadata:
+    """One split of the wsolevaluation layout, keyed by image id (a path relative to the image root)."""
 
-    Boxes come from `localization.txt` (path,x0,y0,x1,y1) and masks from its OpenImages form
-    (path,mask_path[,ignore_path]): the mask is the union of an image's instance masks (> 0.5 after scaling to
-    [0, 1]); the ignore mask, when given, is kept as `ignore_mask`. Paths are relative to `image_root`
-    (`mask_root` for masks, default `image_root`).
-    """
-    mask_root = mask_root or image_root
+    image_ids: list[str]
+    labels: dict[str, int]
+    sizes: dict[str, tuple[int, int]]
+    boxes: dict[str, list]
+    masks: dict[str, list[str]]
+    ignores: dict[str, str]
+
+
+def read_wsol_metadata(metadata_dir: str) -> WSOLMetadata:
+    """Parse image_ids.txt, class_labels.txt, image_sizes.txt (optional) and localization.txt; errors name the file
+    and the image id."""
     image_ids = [row[0] for row in _read_csv_lines(os.path.join(metadata_dir, "image_ids.txt"))]
     if not image_ids:
         raise ValueError(f"{metadata_dir}/image_ids.txt lists no image: the split is empty.")
     labels = {row[0]: int(row[1]) for row in _read_csv_lines(os.path.join(metadata_dir, "class_labels.txt"))}
+    sizes_path = os.path.join(metadata_dir, "image_sizes.txt")
+    sizes = {r[0]: (int(r[1]), int(r[2])) for r in _read_csv_lines(sizes_path)} if os.path.isfile(sizes_path) else {}
     boxes: dict[str, list] = {image_id: [] for image_id in image_ids}
     masks: dict[str, list] = {}
     ignores: dict[str, str] = {}
@@ -52,11 +61,25 @@ def load_wsol_metadata(metadata_dir: str, image_root: str, mask_root: str | None
     missing = [image_id for image_id in image_ids if image_id not in labels]
     if missing:
         raise ValueError(f"class_labels.txt has no label for image id {missing[0]!r} ({len(missing)} missing).")
+    return WSOLMetadata(image_ids, labels, sizes, boxes, masks, ignores)
+
+
+def load_wsol_metadata(metadata_dir: str, image_root: str, mask_root: str | None = None) -> Dataset:
+    """One split in the wsolevaluation layout (`metadata/<dataset>/<split>/`) as a `Dataset`.
+
+    Boxes come from `localization.txt` (path,x0,y0,x1,y1) and masks from its OpenImages form
+    (path,mask_path[,ignore_path]): the mask is the union of an image's instance masks (> 0.5 after scaling to
+    [0, 1]); the ignore mask, when given, is kept as `ignore_mask`. Paths are relative to `image_root`
+    (`mask_root` for masks, default `image_root`).
+    """
+    mask_root = mask_root or image_root
+    meta = read_wsol_metadata(metadata_dir)
+    ids = meta.image_ids
     rows = {
-        "image_id": image_ids,
-        "image": [os.path.join(image_root, image_id) for image_id in image_ids],
-        "label": [labels[image_id] for image_id in image_ids],
-        "boxes": [boxes[image_id] for image_id in image_ids],
+        "image_id": ids,
+        "image": [os.path.join(image_root, image_id) for image_id in ids],
+        "label": [meta.labels[image_id] for image_id in ids],
+        "boxes": [meta.boxes[image_id] for image_id in ids],
     }
     features = {
         "image_id": Value("string"),
@@ -64,14 +87,15 @@ def load_wsol_metadata(metadata_dir: str, image_root: str, mask_root: str | None
         "label": Value("int64"),
         "boxes": List(List(Value("float32"), length=4)),
     }
-    if masks:
-        rows["mask"] = [_union_mask([os.path.join(mask_root, m) for m in masks.get(i, [])]) for i in image_ids]
-        rows["ignore_mask"] = [os.path.join(mask_root, ignores[i]) if i in ignores else None for i in image_ids]
+    if meta.masks:
+        rows["mask"] = [union_mask([os.path.join(mask_root, m) for m in meta.masks.get(i, [])]) for i in ids]
+        rows["ignore_mask"] = [os.path.join(mask_root, meta.ignores[i]) if i in meta.ignores else None for i in ids]
         features.update(mask=Image(), ignore_mask=Image())
     return Dataset.from_dict(rows, features=Features(features))
 
 
-def _union_mask(paths: list[str]) -> dict | None:
+def union_mask(paths: list[str]) -> dict | None:
+    """The union of instance mask files (each > 0.5 after scaling to [0, 1]) as PNG bytes, or None."""
     if not paths:
         return None
     union = None

@@ -26,7 +26,7 @@ CLASSES = (
     ("purple_cross", "cross", "checker", (150, 60, 180), (60, 120, 130)),
     ("orange_diamond", "diamond", "stripes", (230, 130, 40), (110, 110, 110)),
 )
-CONTEXT_PROBABILITY = 0.7
+CONTEXT_PROBABILITY = 0.5
 SECOND_INSTANCE_PROBABILITY = 0.25
 
 

@@ -1,0 +1,362 @@
+"""WSOL and fidelity evaluation of both heads: accuracy, box and mask localisation, fidelity; reports and plots.
+
+Shards images across processes (contiguous slices) and merges the counts exactly; only the main process writes.
+"""
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .cam import explain, resize_maps
+from .data.loaders import read_wsol_metadata
+from .data.transforms import ImageTransform
+from .metrics.fidelity import ConfidenceChange, average_drop_scores, insertion_deletion_auc
+from .metrics.wsol import BoxAccuracy, PixelPrecision, check_boxes, check_score_map, rescale_boxes
+
+logger = logging.getLogger(__name__)
+PAPER_METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam")
+
+
+@dataclass
+class EvaluationSettings:
+    """What to compute and how (the protocol of wsolevaluation unless changed)."""
+
+    methods: tuple[str, ...] = PAPER_METHODS
+    heads: tuple[str, ...] = ("softmax", "sigmoid")
+    eval_size: int = 224
+    cam_threshold_interval: float = 0.001
+    fixed_threshold: float = 0.2
+    first_gt_box_only: bool = False
+    fidelity: bool = True
+    fidelity_head: str = "softmax"
+    insertion_deletion_steps: int = 16
+    batch_size: int = 32
+
+
+@dataclass
+class _Counts:
+    """Mergeable state of one (method, head)."""
+
+    boxes: BoxAccuracy
+    pixels: PixelPrecision
+    confidence: ConfidenceChange = field(default_factory=ConfidenceChange)
+    insertion: float = 0.0
+    deletion: float = 0.0
+    has_masks: bool = False
+
+    def merge(self, other: "_Counts") -> "_Counts":
+        return _Counts(
+            self.boxes.merge(other.boxes), self.pixels.merge(other.pixels), self.confidence.merge(other.confidence),
+            self.insertion + other.insertion, self.deletion + other.deletion, self.has_masks or other.has_masks,
+        )
+
+
+def _shard(length: int) -> range:
+    state = PartialState()
+    bounds = np.linspace(0, length, state.num_processes + 1).astype(int)
+    return range(bounds[state.process_index], bounds[state.process_index + 1])
+
+
+def _merge_across_processes(local: dict, correct: dict, count: int):
+    """Sum every process's counts (gloo/NCCL via accelerate's gather_object); identical on all processes."""
+    if PartialState().num_processes == 1:
+        return local, correct, count
+    parts = gather_object([(local, correct, count)])
+    merged, correct_sum, total = parts[0]
+    for other, other_correct, other_count in parts[1:]:
+        merged = {k: merged[k].merge(other[k]) for k in merged}
+        correct_sum = {h: correct_sum[h] + other_correct[h] for h in correct_sum}
+        total += other_count
+    return merged, correct_sum, total
+
+
+def evaluate_model(
+    model, dataset, transform: ImageTransform, settings: EvaluationSettings, scoremap_dir: str | None = None
+) -> dict:
+    """Accuracy of both heads and, per (method, head), the WSOL metrics the dataset supports and fidelity.
+
+    Maps are drawn for the ground-truth class (wsolevaluation; Top-1 Loc then needs a correct softmax
+    prediction, so the same maps serve it), upsampled bicubically to `eval_size` and min-max normalised.
+    With `scoremap_dir`, each map is also saved as `<scoremap_dir>/<method>/<head>/<image_id>.npy`.
+    """
+    dual = hasattr(model, "sigmoid_head")
+    heads = [h for h in settings.heads if dual or h == "softmax"]
+    size = (settings.eval_size, settings.eval_size)
+    counts = {
+        (m, h): _Counts(BoxAccuracy(settings.cam_threshold_interval, settings.fixed_threshold,
+                                    settings.first_gt_box_only), PixelPrecision(settings.cam_threshold_interval))
+        for m in settings.methods for h in heads
+    }
+    correct = {h: 0 for h in ("softmax", "sigmoid") if dual or h == "softmax"}
+    indices = _shard(len(dataset))
+    has_boxes = "boxes" in dataset.column_names
+    has_masks = "mask" in dataset.column_names
+    if not (has_boxes or has_masks):
+        raise ValueError("the dataset has neither a `boxes` nor a `mask` column: nothing to localise.")
+    model.eval()
+    progress = tqdm(total=len(indices), desc="evaluating", disable=not PartialState().is_main_process)
+    for start in range(indices.start, indices.stop, settings.batch_size):
+        rows = dataset[start : min(start + settings.batch_size, indices.stop)]
+        pixels = torch.stack([transform(image) for image in rows["image"]]).to(model.device)
+        labels = torch.tensor(rows["label"], device=model.device)
+        out = explain(model, pixels, methods=settings.methods, heads=heads, targets=labels, return_raw=True)
+        predictions = {h: logits.argmax(-1) for h, logits in out.logits.items()}
+        for h in correct:
+            correct[h] += int((predictions[h] == labels).sum())
+        hit = (predictions["softmax"] == labels).cpu().numpy()
+        for key, raw in out.raw_maps.items():
+            wsol_maps = resize_maps(raw, size, "bicubic").cpu().numpy()
+            for i, score_map in enumerate(wsol_maps):
+                image = rows["image"][i]
+                if scoremap_dir:
+                    image_id = rows["image_id"][i] if "image_id" in rows else f"{start + i:06d}"
+                    _save_npy(os.path.join(scoremap_dir, *key, f"{image_id}.npy"), score_map)
+                if has_boxes:
+                    name = f"image {start + i}"
+                    boxes = check_boxes(rows["boxes"][i], *image.size, name)
+                    counts[key].boxes.add(score_map, rescale_boxes(boxes, *image.size, size), bool(hit[i]))
+                if has_masks and rows["mask"][i] is not None:
+                    counts[key].has_masks = True
+                    ignore = rows["ignore_mask"][i] if "ignore_mask" in rows else None
+                    counts[key].pixels.add(score_map, _mask(rows["mask"][i], size), _mask(ignore, size))
+            if settings.fidelity:
+                _add_fidelity(counts[key], model, pixels, out.maps[key], labels, settings)
+        progress.update(len(labels))
+    progress.close()
+    counts, correct, total = _merge_across_processes(counts, correct, len(indices))
+    return _results(counts, correct, total, settings, has_boxes)
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}.npy"
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def _mask(image: Image.Image | None, size) -> np.ndarray | None:
+    if image is None:
+        return None
+    array = np.asarray(image.convert("L").resize(size[::-1], Image.NEAREST), dtype=np.float32) / 255.0
+    return array > 0.5
+
+
+def _add_fidelity(counts: _Counts, model, pixels, maps, labels, settings: EvaluationSettings) -> None:
+    original, explained = average_drop_scores(model, pixels, maps, labels, settings.fidelity_head)
+    counts.confidence.add(original, explained)
+    if settings.insertion_deletion_steps:
+        insertion, deletion = insertion_deletion_auc(
+            model, pixels, maps, labels, settings.fidelity_head, settings.insertion_deletion_steps
+        )
+        counts.insertion += float(insertion.sum())
+        counts.deletion += float(deletion.sum())
+
+
+def _results(counts: dict, correct: dict, total: int, settings: EvaluationSettings, has_boxes: bool) -> dict:
+    if total == 0:
+        raise ValueError("no image to evaluate.")
+    results = {"top1_cls": {h: 100 * c / total for h, c in correct.items()}, "num_images": total, "methods": {}}
+    for (method, head), c in counts.items():
+        entry = c.boxes.compute() if has_boxes else {}
+        if c.has_masks:
+            entry.update(c.pixels.compute())
+        if settings.fidelity:
+            entry.update(c.confidence.compute())
+            if settings.insertion_deletion_steps:
+                entry.update(insertion_auc=c.insertion / total, deletion_auc=c.deletion / total)
+        results["methods"].setdefault(method, {})[head] = entry
+    results["curves"] = {
+        f"{m}/{h}": {k: np.asarray(v).tolist() for k, v in c.boxes.curves().items() if k != "thresholds"}
+        for (m, h), c in counts.items() if has_boxes
+    }
+    results["pr_curves"] = {
+        f"{m}/{h}": dict(zip(("precision", "recall"), (a.tolist() for a in c.pixels.precision_recall()[:2])))
+        for (m, h), c in counts.items() if c.has_masks
+    }
+    results["settings"] = {
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()},
+        "target_class": "ground truth",
+        "map_upsampling": "bicubic",
+        "fidelity_probabilities": f"{settings.fidelity_head} head",
+        "top1_gt_known_boxes": "first GT box" if settings.first_gt_box_only else "any GT box",
+        "piou_definition": "max over thresholds of TP / (TP + FP + FN), in %",
+    }
+    return results
+
+
+def evaluate_scoremaps(scoremap_dir: str, metadata_dir: str, settings: EvaluationSettings,
+                       mask_root: str | None = None) -> dict:
+    """Score precomputed maps (`<scoremap_dir>/<image_id>.npy`, wsolevaluation layout, eval_size square, values in
+    [0, 1]) against metadata, with no model: MaxBoxAcc family from boxes, PxAP from masks."""
+    from .data.loaders import union_mask
+
+    meta = read_wsol_metadata(metadata_dir)
+    size = (settings.eval_size, settings.eval_size)
+    boxes_acc = BoxAccuracy(settings.cam_threshold_interval, settings.fixed_threshold, settings.first_gt_box_only)
+    pixels = PixelPrecision(settings.cam_threshold_interval)
+    indices = _shard(len(meta.image_ids))
+    for index in tqdm(indices, desc="scoring maps", disable=not PartialState().is_main_process):
+        image_id = meta.image_ids[index]
+        path = os.path.join(scoremap_dir, f"{image_id}.npy")
+        if not os.path.isfile(path):
+            raise ValueError(f"no score map for image id {image_id!r}: {path} does not exist.")
+        score_map = check_score_map(np.load(path), f"score map {path}", size)
+        if meta.boxes[image_id]:
+            if image_id not in meta.sizes:
+                raise ValueError(f"image_sizes.txt has no size for image id {image_id!r}.")
+            width, height = meta.sizes[image_id]
+            boxes = check_boxes(meta.boxes[image_id], width, height, f"image id {image_id!r}")
+            boxes_acc.add(score_map, rescale_boxes(boxes, width, height, size))
+        if image_id in meta.masks:
+            root = mask_root or os.path.dirname(metadata_dir)
+            mask = Image.open(_bytes_io(union_mask([os.path.join(root, m) for m in meta.masks[image_id]])))
+            ignore = Image.open(os.path.join(root, meta.ignores[image_id])) if image_id in meta.ignores else None
+            pixels.add(score_map, _mask(mask, size), _mask(ignore, size))
+    state = {"boxes": boxes_acc, "pixels": pixels, "count": len(indices)}
+    if PartialState().num_processes > 1:
+        parts = gather_object([state])
+        state = parts[0]
+        for other in parts[1:]:
+            state = {"boxes": state["boxes"].merge(other["boxes"]), "pixels": state["pixels"].merge(other["pixels"]),
+                     "count": state["count"] + other["count"]}
+    entry = state["boxes"].compute() if state["boxes"].count else {}
+    if state["pixels"].foreground.sum() or meta.masks:
+        entry.update(state["pixels"].compute())
+    entry.pop("top1_loc", None)  # no classifier: only GT-known
+    return {"num_images": state["count"], "scoremaps": entry,
+            "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()}}
+
+
+def _bytes_io(encoded: dict):
+    import io
+
+    return io.BytesIO(encoded["bytes"])
+
+
+def markdown_table(results: dict) -> str:
+    """The paper's layout: one row per method, each cell `softmax -> sigmoid` (or one head's value)."""
+    columns = [("Top-1 Loc", "top1_loc"), ("GT-known Loc", "gt_known_loc"), ("MaxBoxAcc", "maxboxacc"),
+               ("MaxBoxAccV2", "maxboxacc_v2"), ("PxAP", "pxap"), ("AD (lower better)", "average_drop"),
+               ("IC", "increase_in_confidence"), ("Ins. AUC", "insertion_auc"), ("Del. AUC (lower better)", "deletion_auc")]
+    first = next(iter(results["methods"].values()))
+    columns = [(title, key) for title, key in columns if any(key in entry for entry in first.values())]
+    cls = results["top1_cls"]
+    lines = [
+        f"Top-1 Cls: softmax {cls['softmax']:.2f}" + (f", sigmoid argmax {cls['sigmoid']:.2f}" if "sigmoid" in cls else ""),
+        "",
+        "| method | " + " | ".join(title for title, _ in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for method, per_head in results["methods"].items():
+        cells = []
+        for _, key in columns:
+            values = [per_head[h][key] for h in ("softmax", "sigmoid") if h in per_head and key in per_head[h]]
+            digits = 3 if "auc" in key else 2
+            cells.append(" -> ".join(f"{v:.{digits}f}" for v in values))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_reports(results: dict, output_dir: str) -> list[str]:
+    """results.json, results.md and box-accuracy curves (PNG) in `output_dir`, each written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(output_dir, exist_ok=True)
+    written = []
+
+    def atomic(name, write):
+        path = os.path.join(output_dir, name)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        write(tmp)
+        os.replace(tmp, path)
+        written.append(path)
+
+    curves, pr_curves = results.get("curves", {}), results.get("pr_curves", {})
+    summary = {k: v for k, v in results.items() if k not in ("curves", "pr_curves")}
+    atomic("results.json", lambda p: _write_text(p, json.dumps(summary, indent=2)))
+    atomic("results.md", lambda p: _write_text(p, markdown_table(results) + "\n"))
+    if curves:
+        taus = np.arange(0, 1, results["settings"]["cam_threshold_interval"])
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
+        for ax, delta in zip(axes, (30, 50, 70)):
+            for name, curve in curves.items():
+                ax.plot(taus, curve[f"v2_iou{delta}"], label=name, linestyle="-" if name.endswith("sigmoid") else "--")
+            ax.set(title=f"box accuracy at IoU {delta / 100}", xlabel="CAM threshold", ylabel="accuracy (%)")
+        axes[-1].legend(fontsize=7)
+        fig.tight_layout()
+        atomic("box_accuracy_curves.png", lambda p: fig.savefig(p, format="png", dpi=100))
+        plt.close(fig)
+    if pr_curves:
+        fig, ax = plt.subplots(figsize=(6, 5))
+        for name, curve in pr_curves.items():
+            ax.plot(curve["recall"], curve["precision"], label=name, linestyle="-" if name.endswith("sigmoid") else "--")
+        ax.set(title="pixel precision-recall (PxAP)", xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1))
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        atomic("pxap_precision_recall.png", lambda p: fig.savefig(p, format="png", dpi=100))
+        plt.close(fig)
+    return written
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w") as handle:
+        handle.write(text)
+
+
+@dataclass
+class EvalArguments:
+    """Command-line options of the evaluation (scripts/evaluate.py, and the end of scripts/train.py)."""
+
+    test_split: str = field(default="test", metadata={"help": "Split to evaluate."})
+    methods: str = field(default=",".join(PAPER_METHODS), metadata={"help": "Comma-separated CAM methods."})
+    heads: str = field(default="softmax,sigmoid", metadata={"help": "Comma-separated heads."})
+    eval_size: int = field(default=224, metadata={"help": "Resolution of the WSOL metrics (reference: 224)."})
+    cam_threshold_interval: float = 0.001
+    fixed_threshold: float = field(default=0.2, metadata={"help": "CAM threshold of Top-1 and GT-known Loc."})
+    first_gt_box_only: bool = field(default=False, metadata={"help": "Top-1/GT-known against the first GT box only."})
+    fidelity: bool = field(default=True, metadata={"help": "Average Drop, Increase in Confidence, insertion/deletion."})
+    fidelity_head: str = field(default="softmax", metadata={"help": "Head whose probabilities score fidelity."})
+    insertion_deletion_steps: int = field(default=16, metadata={"help": "Steps of insertion/deletion (0: skip)."})
+    eval_batch_size: int = 32
+    save_scoremaps: bool = field(default=False, metadata={"help": "Also save every map as .npy (wsolevaluation)."})
+    max_eval_images: int | None = field(default=None, metadata={"help": "Evaluate the first N images only."})
+
+    def settings(self) -> EvaluationSettings:
+        return EvaluationSettings(
+            methods=tuple(m.strip() for m in self.methods.split(",") if m.strip()),
+            heads=tuple(h.strip() for h in self.heads.split(",") if h.strip()),
+            eval_size=self.eval_size,
+            cam_threshold_interval=self.cam_threshold_interval,
+            fixed_threshold=self.fixed_threshold,
+            first_gt_box_only=self.first_gt_box_only,
+            fidelity=self.fidelity,
+            fidelity_head=self.fidelity_head,
+            insertion_deletion_steps=self.insertion_deletion_steps,
+            batch_size=self.eval_batch_size,
+        )
+
+
+def run_evaluation(model, processor, dataset, args: EvalArguments, output_dir: str) -> dict:
+    """Evaluate, then (main process) write results.json, results.md and plots to `output_dir` and print the table."""
+    from .data.transforms import transform_from_processor
+
+    if args.max_eval_images is not None:
+        dataset = dataset.select(range(min(args.max_eval_images, len(dataset))))
+    scoremaps = os.path.join(output_dir, "scoremaps") if args.save_scoremaps else None
+    results = evaluate_model(model, dataset, transform_from_processor(processor), args.settings(), scoremaps)
+    if PartialState().is_main_process:
+        written = write_reports(results, output_dir)
+        print(markdown_table(results))
+        print(f"fidelity scored with the {args.fidelity_head} head's probabilities; reports: {', '.join(written)}")
+    return results

@@ -1,0 +1,63 @@
+"""Evaluate both heads of a dual checkpoint (or any supported classifier, softmax only): accuracy, WSOL metrics
+(MaxBoxAcc, MaxBoxAccV2, Top-1/GT-known Loc, PxAP) and fidelity, as results.json, results.md and PNG curves.
+
+    python scripts/evaluate.py                                   # outputs/convnext-dualsig on the synthetic test split
+    python scripts/evaluate.py --model_name_or_path DIR --dataset wsol --metadata_dir metadata/CUB --data_dir CUB/
+    python scripts/evaluate.py --scoremap_dir DIR --metadata_dir metadata/CUB/test   # precomputed maps, no model
+    accelerate launch scripts/evaluate.py ...                    # shards images across processes
+"""
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+
+from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
+
+import hf_dualsig  # noqa: F401  (registers the dual model with the Auto classes)
+from hf_dualsig.evaluation import EvalArguments, evaluate_scoremaps, run_evaluation
+from hf_dualsig.pipeline_train import DataArguments, load_split
+
+
+@dataclass
+class Target:
+    model_name_or_path: str = field(default="outputs/convnext-dualsig", metadata={"help": "Checkpoint to evaluate."})
+    output_dir: str | None = field(default=None, metadata={"help": "Default: <model>/eval or <scoremap_dir>/eval."})
+    scoremap_dir: str | None = field(default=None, metadata={"help": "Score precomputed .npy maps (no model)."})
+    mask_root: str | None = field(default=None, metadata={"help": "Root of OpenImages mask paths (scoremap mode)."})
+    use_cpu: bool = False
+
+
+def main(argv=None):
+    target, data, args = HfArgumentParser((Target, DataArguments, EvalArguments)).parse_args_into_dataclasses(args=argv)
+    if target.scoremap_dir:
+        if not data.metadata_dir:
+            raise SystemExit("--scoremap_dir needs --metadata_dir (the split's folder with image_ids.txt etc.).")
+        output_dir = target.output_dir or os.path.join(target.scoremap_dir, "eval")
+        results = evaluate_scoremaps(target.scoremap_dir, data.metadata_dir, args.settings(), target.mask_root)
+        _write_json(results, output_dir)
+        print(json.dumps(results["scoremaps"], indent=2))
+        return
+    if not os.path.exists(target.model_name_or_path) and target.model_name_or_path == "outputs/convnext-dualsig":
+        raise SystemExit("outputs/convnext-dualsig does not exist yet: run `make demo` (scripts/train.py) first.")
+    model = AutoModelForImageClassification.from_pretrained(target.model_name_or_path)
+    if not target.use_cpu:
+        from accelerate import PartialState
+
+        model.to(PartialState().device)
+    processor = AutoImageProcessor.from_pretrained(target.model_name_or_path)
+    dataset = load_split(data, args.test_split)
+    run_evaluation(model, processor, dataset, args, target.output_dir or os.path.join(target.model_name_or_path, "eval"))
+
+
+def _write_json(results: dict, output_dir: str) -> None:
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "results.json")
+    with open(f"{path}.tmp", "w") as handle:
+        json.dump(results, handle, indent=2)
+    os.replace(f"{path}.tmp", path)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
