@@ -331,6 +331,9 @@ class EvalArguments:
     eval_batch_size: int = 32
     save_scoremaps: bool = field(default=False, metadata={"help": "Also save every map as .npy (wsolevaluation)."})
     max_eval_images: int | None = field(default=None, metadata={"help": "Evaluate the first N images only."})
+    evaluate_after_training: bool = field(
+        default=True, metadata={"help": "scripts/train.py: evaluate the dual model on the test split at the end."}
+    )
 
     def settings(self) -> EvaluationSettings:
         return EvaluationSettings(

@@ -17,6 +17,7 @@ from transformers import (
 from .data.loaders import check_label_names, check_split, load_image_dataset, load_wsol_metadata
 from .data.synthetic import SyntheticWSOLConfig, load_synthetic_wsol
 from .data.transforms import ImageTransform, transform_from_processor
+from .evaluation import EvalArguments, run_evaluation
 from .modeling_dualsig import DualSigmoidForImageClassification
 from .training import DualSigmoidTrainer, TransformedDataset
 from .zoo import convnext_small_config
@@ -198,8 +199,9 @@ def train_sigmoid(classifier, processor, splits, model: ModelArguments, args: Tr
     return trainer.model, metrics
 
 
-def run(model: ModelArguments, data: DataArguments, args: TrainingArguments) -> dict:
-    """Run the requested stages; returns the final metrics and where the checkpoint went."""
+def run(model: ModelArguments, data: DataArguments, args: TrainingArguments, evaluation: EvalArguments | None = None) -> dict:
+    """Run the requested stages, then (with `evaluation`) the softmax-vs-sigmoid WSOL evaluation on the test split;
+    returns the final metrics and where everything went."""
     if model.stage not in STAGES:
         raise ValueError(f"--stage {model.stage!r}: expected one of {STAGES}.")
     splits = load_splits(data)
@@ -217,7 +219,13 @@ def run(model: ModelArguments, data: DataArguments, args: TrainingArguments) -> 
         check_label_names(splits["train"], classifier.config.id2label)
         splits = {name: check_split(ds, name, classifier.config.num_labels) for name, ds in splits.items()}
     if model.stage in ("sigmoid", "both"):
-        _, result["sigmoid"] = train_sigmoid(classifier, processor, splits, model, args)
+        dual, result["sigmoid"] = train_sigmoid(classifier, processor, splits, model, args)
+        if evaluation is not None and evaluation.evaluate_after_training:
+            test = load_split(data, evaluation.test_split)
+            if "boxes" in test.column_names or "mask" in test.column_names:
+                eval_dir = os.path.join(args.output_dir, "eval")
+                wsol = run_evaluation(dual, processor, test, evaluation, eval_dir)
+                result["evaluation"] = {"dir": eval_dir, "top1_cls": wsol["top1_cls"]}
     result.update(output_dir=args.output_dir, num_processes=args.world_size)
     return result
 

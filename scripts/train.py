@@ -1,7 +1,8 @@
 """Train the sigmoid branch of an image classifier (stage 2), after fine-tuning the classifier itself (stage 1).
 
 With no arguments: the synthetic WSOL set, a small ConvNeXt built from a config, both stages, checkpoint in
-outputs/convnext-dualsig/. Runs unchanged under `accelerate launch` (several GPUs, or processes with --use_cpu).
+outputs/convnext-dualsig/, then the softmax-vs-sigmoid evaluation on the test split (outputs/convnext-dualsig/eval/).
+Runs unchanged under `accelerate launch` (several GPUs, or processes with --use_cpu).
 """
 
 import json
@@ -10,14 +11,15 @@ import sys
 
 from transformers import HfArgumentParser
 
+from hf_dualsig.evaluation import EvalArguments
 from hf_dualsig.pipeline_train import DataArguments, DualSigTrainingArguments, ModelArguments, run
 
 
 def main(argv=None):
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    parser = HfArgumentParser((ModelArguments, DataArguments, DualSigTrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    result = run(model_args, data_args, training_args)
+    parser = HfArgumentParser((ModelArguments, DataArguments, EvalArguments, DualSigTrainingArguments))
+    model_args, data_args, eval_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    result = run(model_args, data_args, training_args, eval_args)
     if training_args.process_index == 0:
         print(json.dumps(result, indent=2, default=str))
         print(f"checkpoint: {result['output_dir']}")

@@ -166,3 +166,28 @@ def _checksum(module) -> str:
 def _trainer_log(output_dir):
     checkpoints = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     return json.loads((checkpoints[-1] / "trainer_state.json").read_text())["log_history"]
+
+
+def test_evaluation_in_two_processes_equals_one_process(tiny_classifier_dir, tmp_path):
+    dual = DualSigmoidForImageClassification.from_classifier(T.AutoModelForImageClassification.from_pretrained(tiny_classifier_dir))
+    dual.save_pretrained(tmp_path / "model")
+    T.AutoImageProcessor.from_pretrained(tiny_classifier_dir).save_pretrained(tmp_path / "model")
+    common = [
+        "scripts/evaluate.py", "--model_name_or_path", str(tmp_path / "model"), "--use_cpu",
+        "--synthetic_num_train", "48", "--synthetic_num_val", "16", "--synthetic_num_test", "16",
+        "--synthetic_num_classes", "4", "--image_size", "32", "--eval_size", "64", "--methods", "cam,gradcam",
+        "--insertion_deletion_steps", "4", "--eval_batch_size", "5",
+    ]
+    env = {**os.environ, "HF_DUALSIG_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, *common, "--output_dir", str(tmp_path / "one")],
+                         cwd=REPO, env=env, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          *common, "--output_dir", str(tmp_path / "two")], cwd=REPO, env=env, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    results = [json.loads((tmp_path / n / "results.json").read_text()) for n in ("one", "two")]
+    assert results[0]["num_images"] == results[1]["num_images"] == 16
+    assert results[0]["methods"] == results[1]["methods"]
+    assert results[0]["top1_cls"] == results[1]["top1_cls"]
+    assert (tmp_path / "one" / "box_accuracy_curves.png").stat().st_size > 0
+    assert (tmp_path / "one" / "results.md").read_text().startswith("Top-1 Cls")
