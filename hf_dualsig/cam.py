@@ -204,8 +204,9 @@ def explain(
         upsample: interpolation to the input size: "bilinear" or "bicubic" (the WSOL reference).
         return_raw: also return the maps at the layer's resolution.
     """
-    session = _Session(model, pixel_values, methods, heads, target_layer, truncate_negative_weights)
-    return session.run(targets, top_k, normalize, upsample, return_raw, scorecam_batch_size, interpolate_pos_encoding)
+    with torch.inference_mode(False):  # CAMs need autograd, even when the caller runs in inference mode
+        session = _Session(model, pixel_values, methods, heads, target_layer, truncate_negative_weights)
+        return session.run(targets, top_k, normalize, upsample, return_raw, scorecam_batch_size, interpolate_pos_encoding)
 
 
 class _Session:
@@ -223,7 +224,7 @@ class _Session:
                 "pixel_values must be a (batch, channels, height, width) tensor; got "
                 f"{tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__}."
             )
-        self.pixel_values = pixel_values
+        self.pixel_values = pixel_values.clone() if pixel_values.is_inference() else pixel_values
         if any(CAM_METHODS[m].attentions for m in self.methods) and not (
             self.adapter.has_attentions and self.adapter.fixed_prefix_tokens > 0
         ):

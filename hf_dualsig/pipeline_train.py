@@ -18,6 +18,7 @@ from .data.loaders import check_label_names, check_split, load_image_dataset, lo
 from .data.synthetic import SyntheticWSOLConfig, load_synthetic_wsol
 from .data.transforms import ImageTransform, transform_from_processor
 from .evaluation import EvalArguments, run_evaluation
+from .hub import publish, require_token
 from .modeling_dualsig import DualSigmoidForImageClassification
 from .training import DualSigmoidTrainer, TransformedDataset
 from .zoo import convnext_small_config
@@ -204,6 +205,7 @@ def run(model: ModelArguments, data: DataArguments, args: TrainingArguments, eva
     returns the final metrics and where everything went."""
     if model.stage not in STAGES:
         raise ValueError(f"--stage {model.stage!r}: expected one of {STAGES}.")
+    hub = _take_over_hub_push(args)  # checks the token before any work; the Trainers must not push on their own
     splits = load_splits(data)
     label_names = _label_names(splits["train"])
     result = {}
@@ -220,14 +222,41 @@ def run(model: ModelArguments, data: DataArguments, args: TrainingArguments, eva
         splits = {name: check_split(ds, name, classifier.config.num_labels) for name, ds in splits.items()}
     if model.stage in ("sigmoid", "both"):
         dual, result["sigmoid"] = train_sigmoid(classifier, processor, splits, model, args)
+        wsol, test = None, None
         if evaluation is not None and evaluation.evaluate_after_training:
             test = load_split(data, evaluation.test_split)
             if "boxes" in test.column_names or "mask" in test.column_names:
                 eval_dir = os.path.join(args.output_dir, "eval")
                 wsol = run_evaluation(dual, processor, test, evaluation, eval_dir)
                 result["evaluation"] = {"dir": eval_dir, "top1_cls": wsol["top1_cls"]}
+        if hub and args.process_index == 0:
+            result["hub"] = publish(
+                dual, processor, hub["repo_id"], os.path.join(args.output_dir, "hub"), wsol, test,
+                training=_training_summary(model, data, args), base_model=model.model_name_or_path,
+                dataset_name=data.dataset, token=hub["token"], private=bool(args.hub_private_repo),
+            )
     result.update(output_dir=args.output_dir, num_processes=args.world_size)
     return result
+
+
+def _take_over_hub_push(args: TrainingArguments) -> dict | None:
+    """--push_to_hub: check the token and repo id now, and push once at the end (checkpoint, code, card, maps)."""
+    if not args.push_to_hub:
+        return None
+    if not args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id user/name.")
+    token = require_token(args.hub_token)
+    args.push_to_hub = False
+    return {"repo_id": args.hub_model_id, "token": token}
+
+
+def _training_summary(model: ModelArguments, data: DataArguments, args: TrainingArguments) -> str:
+    return (
+        f"Stage {model.stage} on `{data.dataset}`: sigmoid head trained {args.num_train_epochs:g} epochs, "
+        f"optimizer {args.optim} ({args.optim_args or 'defaults'}), learning rate {args.learning_rate:g}, "
+        f"weight decay {args.weight_decay:g}, batch {args.per_device_train_batch_size} per device, seed {args.seed}, "
+        f"pos_weight {model.pos_weight}, backbone and softmax head frozen."
+    )
 
 
 def _number_or(value: str):

@@ -12,10 +12,12 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+from accelerate import PartialState
 from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
 
 import hf_dualsig  # noqa: F401  (registers the dual model with the Auto classes)
 from hf_dualsig.evaluation import EvalArguments, evaluate_scoremaps, run_evaluation
+from hf_dualsig.hub import publish, require_token
 from hf_dualsig.pipeline_train import DataArguments, load_split
 
 
@@ -26,6 +28,9 @@ class Target:
     scoremap_dir: str | None = field(default=None, metadata={"help": "Score precomputed .npy maps (no model)."})
     mask_root: str | None = field(default=None, metadata={"help": "Root of OpenImages mask paths (scoremap mode)."})
     use_cpu: bool = False
+    push_to_hub: bool = field(default=False, metadata={"help": "Push checkpoint, results, card and maps afterwards."})
+    hub_model_id: str | None = None
+    hub_token: str | None = None
 
 
 def main(argv=None):
@@ -38,16 +43,21 @@ def main(argv=None):
         _write_json(results, output_dir)
         print(json.dumps(results["scoremaps"], indent=2))
         return
+    token = require_token(target.hub_token) if target.push_to_hub else None
+    if target.push_to_hub and not target.hub_model_id:
+        raise SystemExit("--push_to_hub needs --hub_model_id user/name.")
     if not os.path.exists(target.model_name_or_path) and target.model_name_or_path == "outputs/convnext-dualsig":
         raise SystemExit("outputs/convnext-dualsig does not exist yet: run `make demo` (scripts/train.py) first.")
     model = AutoModelForImageClassification.from_pretrained(target.model_name_or_path)
     if not target.use_cpu:
-        from accelerate import PartialState
-
         model.to(PartialState().device)
     processor = AutoImageProcessor.from_pretrained(target.model_name_or_path)
     dataset = load_split(data, args.test_split)
-    run_evaluation(model, processor, dataset, args, target.output_dir or os.path.join(target.model_name_or_path, "eval"))
+    output_dir = target.output_dir or os.path.join(target.model_name_or_path, "eval")
+    results = run_evaluation(model, processor, dataset, args, output_dir)
+    if target.push_to_hub and PartialState().is_main_process:
+        print(publish(model, processor, target.hub_model_id, os.path.join(output_dir, "hub"), results, dataset,
+                      base_model=target.model_name_or_path, dataset_name=data.dataset, token=token))
 
 
 def _write_json(results: dict, output_dir: str) -> None:

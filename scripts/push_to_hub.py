@@ -1,0 +1,58 @@
+"""Stage a dual checkpoint with its code, card, maps and results, and push it to the Hub in one commit.
+
+    python scripts/push_to_hub.py --checkpoint outputs/convnext-dualsig --repo_id user/convnext-dualsig
+    python scripts/push_to_hub.py --checkpoint outputs/convnext-dualsig --repo_id user/x --dry_run   # stage only
+The token comes from --hub_token, HF_TOKEN or `hf auth login`; without one the script stops before any work.
+"""
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+
+from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
+
+import hf_dualsig  # noqa: F401  (registers the dual model with the Auto classes)
+from hf_dualsig.hub import publish, require_token
+from hf_dualsig.pipeline_train import DataArguments, load_split
+
+
+@dataclass
+class PushArguments:
+    checkpoint: str = field(default="outputs/convnext-dualsig", metadata={"help": "The dual checkpoint folder."})
+    repo_id: str = field(default="", metadata={"help": "user/name of the Hub repo."})
+    results: str | None = field(default=None, metadata={"help": "results.json (default: <checkpoint>/eval/)."})
+    stage_dir: str | None = field(default=None, metadata={"help": "Where to stage (default: <checkpoint>/hub)."})
+    dry_run: bool = field(default=False, metadata={"help": "Stage the folder, upload nothing."})
+    private: bool = False
+    revision: str | None = None
+    commit_message: str | None = None
+    hub_token: str | None = None
+    num_gallery: int = field(default=4, metadata={"help": "Images of the test split in the card's gallery."})
+    gallery_split: str = "test"
+    save_scoremaps: bool = field(default=False, metadata={"help": "Also push the gallery's score maps (.npz)."})
+    base_model: str | None = None
+
+
+def main(argv=None):
+    push, data = HfArgumentParser((PushArguments, DataArguments)).parse_args_into_dataclasses(args=argv)
+    if not push.repo_id:
+        raise SystemExit("--repo_id user/name is required (it also names the model in the card).")
+    token = None if push.dry_run else require_token(push.hub_token)
+    model = AutoModelForImageClassification.from_pretrained(push.checkpoint)
+    processor = AutoImageProcessor.from_pretrained(push.checkpoint)
+    results_path = push.results or os.path.join(push.checkpoint, "eval", "results.json")
+    results = json.load(open(results_path)) if os.path.isfile(results_path) else None
+    gallery = load_split(data, push.gallery_split) if push.num_gallery else None
+    training_args = os.path.join(push.checkpoint, "training_args.json")
+    training = open(training_args).read() if os.path.isfile(training_args) else "See the repository that produced it."
+    outcome = publish(
+        model, processor, push.repo_id, push.stage_dir or os.path.join(push.checkpoint, "hub"), results, gallery,
+        push.num_gallery, training, push.base_model, data.dataset, push.dry_run, token, push.private,
+        push.revision, push.commit_message, push.save_scoremaps,
+    )
+    print(json.dumps(outcome, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
