@@ -80,7 +80,7 @@ def build_card(model, repo_id: str, results: dict | None, gallery: list[dict], t
         template_path=str(template_path),
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
-        base_model=base_model or "a trained classifier",
+        base_model=base_model,
         truncate=model.config.truncate_negative_weights,
         results_table=markdown_table(results) if results else "Not evaluated yet: run scripts/evaluate.py.",
         eval_size=settings.get("eval_size", 224),
@@ -156,6 +156,15 @@ def upload(stage_dir: str, repo_id: str, token: str, private: bool = False, revi
     return str(getattr(info, "commit_url", info))
 
 
+def _one_per_class(labels: list[int], count: int) -> list[int]:
+    """Indices of up to `count` rows, the first of each class before any repeat."""
+    seen, first, rest = set(), [], []
+    for index, label in enumerate(labels):
+        (rest if label in seen else first).append(index)
+        seen.add(label)
+    return sorted((first + rest)[:count])
+
+
 def publish(model, processor, repo_id: str, stage_dir: str, results: dict | None = None, gallery_dataset=None,
             num_gallery: int = 4, training: str = "", base_model: str | None = None,
             dataset_name: str = "synthetic-wsol", dry_run: bool = False, token: str | None = None,
@@ -166,7 +175,7 @@ def publish(model, processor, repo_id: str, stage_dir: str, results: dict | None
     token = None if dry_run else require_token(token)
     images, titles = None, None
     if gallery_dataset is not None and num_gallery:
-        rows = gallery_dataset.select(range(min(num_gallery, len(gallery_dataset))))
+        rows = gallery_dataset.select(_one_per_class(gallery_dataset["label"], num_gallery))
         images = [image.convert("RGB") for image in rows["image"]]
         names = getattr(gallery_dataset.features["label"], "names", None)
         titles = [names[label] if names else str(label) for label in rows["label"]]
