@@ -4,7 +4,6 @@ Shards images across processes (contiguous slices) and merges the counts exactly
 """
 
 import json
-import logging
 import os
 from dataclasses import dataclass, field
 
@@ -16,12 +15,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .cam import explain, resize_maps
-from .data.loaders import read_wsol_metadata
-from .data.transforms import ImageTransform
+from .data.loaders import read_wsol_metadata, union_mask_image
+from .data.transforms import ImageTransform, transform_from_processor
 from .metrics.fidelity import ConfidenceChange, average_drop_scores, insertion_deletion_auc
 from .metrics.wsol import BoxAccuracy, PixelPrecision, check_boxes, check_score_map, rescale_boxes
 
-logger = logging.getLogger(__name__)
 PAPER_METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam")
 
 
@@ -196,8 +194,6 @@ def evaluate_scoremaps(scoremap_dir: str, metadata_dir: str, settings: Evaluatio
                        mask_root: str | None = None) -> dict:
     """Score precomputed maps (`<scoremap_dir>/<image_id>.npy`, wsolevaluation layout, eval_size square, values in
     [0, 1]) against metadata, with no model: MaxBoxAcc family from boxes, PxAP from masks."""
-    from .data.loaders import union_mask
-
     meta = read_wsol_metadata(metadata_dir)
     size = (settings.eval_size, settings.eval_size)
     boxes_acc = BoxAccuracy(settings.cam_threshold_interval, settings.fixed_threshold, settings.first_gt_box_only)
@@ -217,7 +213,7 @@ def evaluate_scoremaps(scoremap_dir: str, metadata_dir: str, settings: Evaluatio
             boxes_acc.add(score_map, rescale_boxes(boxes, width, height, size))
         if image_id in meta.masks:
             root = mask_root or os.path.dirname(metadata_dir)
-            mask = Image.open(_bytes_io(union_mask([os.path.join(root, m) for m in meta.masks[image_id]])))
+            mask = union_mask_image([os.path.join(root, m) for m in meta.masks[image_id]])
             ignore = Image.open(os.path.join(root, meta.ignores[image_id])) if image_id in meta.ignores else None
             pixels.add(score_map, _mask(mask, size), _mask(ignore, size))
     state = {"boxes": boxes_acc, "pixels": pixels, "count": len(indices)}
@@ -233,12 +229,6 @@ def evaluate_scoremaps(scoremap_dir: str, metadata_dir: str, settings: Evaluatio
     entry.pop("top1_loc", None)  # no classifier: only GT-known
     return {"num_images": state["count"], "scoremaps": entry,
             "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()}}
-
-
-def _bytes_io(encoded: dict):
-    import io
-
-    return io.BytesIO(encoded["bytes"])
 
 
 def markdown_table(results: dict) -> str:
@@ -352,8 +342,6 @@ class EvalArguments:
 
 def run_evaluation(model, processor, dataset, args: EvalArguments, output_dir: str) -> dict:
     """Evaluate, then (main process) write results.json, results.md and plots to `output_dir` and print the table."""
-    from .data.transforms import transform_from_processor
-
     if args.max_eval_images is not None:
         dataset = dataset.select(range(min(args.max_eval_images, len(dataset))))
     scoremaps = os.path.join(output_dir, "scoremaps") if args.save_scoremaps else None

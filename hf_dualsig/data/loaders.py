@@ -94,16 +94,21 @@ def load_wsol_metadata(metadata_dir: str, image_root: str, mask_root: str | None
     return Dataset.from_dict(rows, features=Features(features))
 
 
-def union_mask(paths: list[str]) -> dict | None:
-    """The union of instance mask files (each > 0.5 after scaling to [0, 1]) as PNG bytes, or None."""
-    if not paths:
-        return None
+def union_mask_image(paths: list[str]) -> PILImage.Image:
+    """The union of instance mask files (each > 0.5 after scaling to [0, 1]) as a binary "L" image."""
     union = None
     for path in paths:
         mask = np.asarray(PILImage.open(path).convert("L"), dtype=np.float32) / 255.0 > 0.5
         union = mask if union is None else union | mask
+    return PILImage.fromarray((union * 255).astype(np.uint8), mode="L")
+
+
+def union_mask(paths: list[str]) -> dict | None:
+    """`union_mask_image` encoded as PNG bytes (an `Image` feature value), or None without masks."""
+    if not paths:
+        return None
     buffer = io.BytesIO()
-    PILImage.fromarray((union * 255).astype(np.uint8), mode="L").save(buffer, format="PNG")
+    union_mask_image(paths).save(buffer, format="PNG")
     return {"bytes": buffer.getvalue(), "path": None}
 
 
