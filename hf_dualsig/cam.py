@@ -203,6 +203,8 @@ def explain(
             `model.config.truncate_negative_weights`. The softmax head is never clamped.
         upsample: interpolation to the input size: "bilinear" or "bicubic" (the WSOL reference).
         return_raw: also return the maps at the layer's resolution.
+        scorecam_batch_size: masked images per forward in Score-CAM.
+        interpolate_pos_encoding: passed to ViT-family models, for inputs of another size than they were trained on.
     """
     with torch.inference_mode(False):  # CAMs need autograd, even when the caller runs in inference mode
         session = _Session(model, pixel_values, methods, heads, target_layer, truncate_negative_weights)
@@ -243,7 +245,7 @@ class _Session:
         }
         forward_kwargs = {} if interpolate_pos_encoding is None else {"interpolate_pos_encoding": interpolate_pos_encoding}
         with _eager_attention(self.classifier, needs["attentions"]):
-            acts, logits, head_inputs, attentions = self._forward(needs, forward_kwargs)
+            acts, logits, attentions = self._forward(needs, forward_kwargs)
         targets, several = _resolve_targets(targets, top_k, logits["softmax"])
         grid = self._to_grid(acts.detach())
         scores = self._scorecam_scores(grid, targets, scorecam_batch_size, forward_kwargs)
@@ -286,8 +288,8 @@ class _Session:
         )
 
     def _forward(self, needs, forward_kwargs):
-        """One forward with the layer's output swapped for an autograd leaf; returns it, both heads' logits,
-        the head inputs and the attentions."""
+        """One forward with the layer's output swapped for an autograd leaf; returns it, both heads' logits and
+        the attentions."""
         captured = {}
 
         def swap_in_leaf(module, args, output):
@@ -311,7 +313,7 @@ class _Session:
         logits = {"softmax": out.logits}
         if self.dual:
             logits["sigmoid"] = out.sigmoid_logits
-        return captured["acts"], logits, getattr(out, "head_inputs", None), getattr(out, "attentions", None)
+        return captured["acts"], logits, getattr(out, "attentions", None)
 
     def _to_grid(self, tensor: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) from a feature map, or from tokens (B, N, C) without their prefix tokens."""
@@ -329,7 +331,7 @@ class _Session:
     @torch.no_grad()
     def _scorecam_scores(self, grid, targets, batch_size, forward_kwargs) -> dict | None:
         """Target scores of each head for every image masked by each (upsampled, min-max scaled) channel."""
-        if "scorecam" not in self.methods:
+        if not any(CAM_METHODS[m].masked_inputs for m in self.methods):
             return None
         b, c = grid.shape[:2]
         size = self.pixel_values.shape[-2:]

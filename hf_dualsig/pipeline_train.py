@@ -200,11 +200,15 @@ def train_sigmoid(classifier, processor, splits, model: ModelArguments, args: Tr
     return trainer.model, metrics
 
 
-def run(model: ModelArguments, data: DataArguments, args: TrainingArguments, evaluation: EvalArguments | None = None) -> dict:
+def run(
+    model: ModelArguments, data: DataArguments, args: TrainingArguments, evaluation: EvalArguments | None = None
+) -> dict:
     """Run the requested stages, then (with `evaluation`) the softmax-vs-sigmoid WSOL evaluation on the test split;
     returns the final metrics and where everything went."""
     if model.stage not in STAGES:
         raise ValueError(f"--stage {model.stage!r}: expected one of {STAGES}.")
+    if args.push_to_hub and model.stage == "softmax":
+        raise ValueError("--push_to_hub publishes the dual checkpoint: use it with --stage sigmoid or both.")
     hub = _take_over_hub_push(args)  # checks the token before any work; the Trainers must not push on their own
     splits = load_splits(data)
     label_names = _label_names(splits["train"])
