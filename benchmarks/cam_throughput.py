@@ -2,7 +2,8 @@
 
 (a) one Grad-CAM map from one head; (b) the paper's protocol: CAM, Grad-CAM, Grad-CAM++, XGrad-CAM and LayerCAM
 from both heads (pytorch-grad-cam has no CAM class: its closest equivalent, a forward plus the head weights, is
-timed as one more Grad-CAM call per head). Models: the real EfficientNet-Lite0 and a ResNet-50-sized config, both at 224x224,
+timed as one more Grad-CAM call per head). Models: the real EfficientNet-Lite0 and a ResNet-50-sized config,
+both at 224x224,
 wrapped as dual models. Peak memory is the peak resident-set growth while each side runs (CPU; glibc).
 Usage: python benchmarks/cam_throughput.py [--batch 8] [--repeats 3]
 """
@@ -93,8 +94,10 @@ def compare(name, model, x, repeats):
             t_ours = best_time(lambda: ours(model, x, methods, heads), repeats)
         with PeakRSS() as theirs_mem:
             t_theirs = best_time(lambda: theirs(model, x, methods, heads, layer, targets), repeats)
-        print(f"{name} {label}: speedup vs pytorch-grad-cam: {t_theirs / t_ours:.1f}x "
-              f"(peak memory: ours {ours_mem.peak / 2**20:.0f} MiB, pytorch-grad-cam {theirs_mem.peak / 2**20:.0f} MiB)")
+        print(
+            f"{name} {label}: speedup vs pytorch-grad-cam: {t_theirs / t_ours:.1f}x "
+            f"(peak memory: ours {ours_mem.peak / 2**20:.0f} MiB, pytorch-grad-cam {theirs_mem.peak / 2**20:.0f} MiB)"
+        )
 
 
 def main():

@@ -35,8 +35,14 @@ def main():
     for _ in range(args.rounds):
         base, wrapped = _time(classifier, x), _time(dual, x)
         ratios.append(wrapped / base)
-    print(f"ResNet-50 config, batch {args.batch}, 224x224, {args.rounds} alternating rounds, {torch.get_num_threads()} threads")
-    print(f"dual / original forward time: median {statistics.median(ratios):.3f}x (min {min(ratios):.3f}, max {max(ratios):.3f})")
+    print(
+        f"ResNet-50 config, batch {args.batch}, 224x224, {args.rounds} alternating rounds, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"dual / original forward time: median {statistics.median(ratios):.3f}x "
+        f"(min {min(ratios):.3f}, max {max(ratios):.3f})"
+    )
 
 
 if __name__ == "__main__":

@@ -26,11 +26,18 @@ def train_seconds(classifier, dataset, transform, epochs, cache) -> float:
     dual = DualSigmoidForImageClassification.from_classifier(classifier)
     with tempfile.TemporaryDirectory() as out:
         args = DualSigTrainingArguments(
-            output_dir=out, num_train_epochs=epochs, eval_strategy="no", save_strategy="no", use_cpu=True,
-            disable_tqdm=True, logging_strategy="no",
+            output_dir=out,
+            num_train_epochs=epochs,
+            eval_strategy="no",
+            save_strategy="no",
+            use_cpu=True,
+            disable_tqdm=True,
+            logging_strategy="no",
         )
         start = time.perf_counter()
-        DualSigmoidTrainer(dual, args, train_dataset=dataset, train_transform=transform, use_feature_cache=cache).train()
+        DualSigmoidTrainer(
+            dual, args, train_dataset=dataset, train_transform=transform, use_feature_cache=cache
+        ).train()
         return time.perf_counter() - start
 
 

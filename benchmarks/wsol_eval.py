@@ -50,9 +50,14 @@ def main():
     merged = parts[0].merge(parts[1])
 
     print(f"{len(maps)} maps at 224x224, MaxBoxAccV2 = {result.compute()['maxboxacc_v2']:.2f}")
-    print(f"speedup of the fast path vs the per-threshold oracle: {t_oracle / t_fast:.1f}x (identical counts: {identical})")
-    print(f"speedup from 2 processes: {t_fast / t_two:.2f}x (identical after merge: "
-          f"{merged.compute() == result.compute()})")
+    print(
+        f"speedup of the fast path vs the per-threshold oracle: {t_oracle / t_fast:.1f}x "
+        f"(identical counts: {identical})"
+    )
+    print(
+        f"speedup from 2 processes: {t_fast / t_two:.2f}x (identical after merge: "
+        f"{merged.compute() == result.compute()})"
+    )
 
 
 if __name__ == "__main__":

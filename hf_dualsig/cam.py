@@ -208,7 +208,9 @@ def explain(
     """
     with torch.inference_mode(False):  # CAMs need autograd, even when the caller runs in inference mode
         session = _Session(model, pixel_values, methods, heads, target_layer, truncate_negative_weights)
-        return session.run(targets, top_k, normalize, upsample, return_raw, scorecam_batch_size, interpolate_pos_encoding)
+        return session.run(
+            targets, top_k, normalize, upsample, return_raw, scorecam_batch_size, interpolate_pos_encoding
+        )
 
 
 class _Session:
@@ -222,10 +224,8 @@ class _Session:
         self.methods = _check_methods(methods)
         self.heads = _check_heads(heads, self.dual)
         if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
-            raise ValueError(
-                "pixel_values must be a (batch, channels, height, width) tensor; got "
-                f"{tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__}."
-            )
+            seen = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
+            raise ValueError(f"pixel_values must be a (batch, channels, height, width) tensor; got {seen}.")
         self.pixel_values = pixel_values.clone() if pixel_values.is_inference() else pixel_values
         if any(CAM_METHODS[m].attentions for m in self.methods) and not (
             self.adapter.has_attentions and self.adapter.fixed_prefix_tokens > 0
@@ -241,9 +241,12 @@ class _Session:
 
     def run(self, targets, top_k, normalize, upsample, return_raw, scorecam_batch_size, interpolate_pos_encoding):
         needs = {
-            k: any(getattr(CAM_METHODS[m], k) for m in self.methods) for k in ("gradients", "attentions", "head_weights")
+            k: any(getattr(CAM_METHODS[m], k) for m in self.methods)
+            for k in ("gradients", "attentions", "head_weights")
         }
-        forward_kwargs = {} if interpolate_pos_encoding is None else {"interpolate_pos_encoding": interpolate_pos_encoding}
+        forward_kwargs = (
+            {} if interpolate_pos_encoding is None else {"interpolate_pos_encoding": interpolate_pos_encoding}
+        )
         with _eager_attention(self.classifier, needs["attentions"]):
             acts, logits, attentions = self._forward(needs, forward_kwargs)
         targets, several = _resolve_targets(targets, top_k, logits["softmax"])
@@ -386,7 +389,11 @@ def _check_methods(methods) -> list[str]:
 
 
 def _check_heads(heads, dual: bool) -> list[str]:
-    heads = (["sigmoid"] if dual else ["softmax"]) if heads is None else ([heads] if isinstance(heads, str) else list(heads))
+    heads = (
+        (["sigmoid"] if dual else ["softmax"])
+        if heads is None
+        else ([heads] if isinstance(heads, str) else list(heads))
+    )
     unknown = [h for h in heads if h not in HEADS]
     if unknown or not heads:
         raise ValueError(f"unknown head(s) {unknown or heads}; expected 'sigmoid' and/or 'softmax'.")
@@ -414,9 +421,15 @@ def _last_feature_map(classifier) -> str:
     """Name of the last module (in forward order) that outputs a 4-D feature map larger than 1x1 (timm models)."""
     order = []
     hooks = [
-        m.register_forward_hook(lambda mod, a, out, n=n: order.append(n) if isinstance(out, torch.Tensor)
-                                and out.ndim == 4 and out.shape[-1] * out.shape[-2] > 1 else None)
-        for n, m in classifier.named_modules() if n
+        m.register_forward_hook(
+            lambda mod, a, out, n=n: (
+                order.append(n)
+                if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[-1] * out.shape[-2] > 1
+                else None
+            )
+        )
+        for n, m in classifier.named_modules()
+        if n
     ]
     try:
         size = getattr(classifier.config, "image_size", None) or 64
@@ -451,16 +464,24 @@ def _resolve_targets(targets, top_k, softmax_logits) -> tuple[torch.Tensor, bool
     if targets.shape[0] != batch or targets.ndim != 2:
         raise ValueError(f"targets of shape {tuple(targets.shape)} do not match the batch of {batch} images.")
     if targets.min() < 0 or targets.max() >= num_labels:
-        raise ValueError(f"targets must lie in [0, {num_labels}); got {targets.min().item()} to {targets.max().item()}.")
+        raise ValueError(
+            f"targets must lie in [0, {num_labels}); got {targets.min().item()} to {targets.max().item()}."
+        )
     return targets, several
 
 
 def _head_linear(model, head: str, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight (K, C), bias (K,)) of a head's last linear layer, averaged over several heads; for heads that read
     [CLS, mean of patches] (Dinov2) the patch half."""
-    modules = list(model.sigmoid_head) if head == "sigmoid" else (
-        model.softmax_heads if hasattr(model, "softmax_heads") else
-        [resolve_module(model, p) for p in get_adapter(model).head_paths])
+    modules = (
+        list(model.sigmoid_head)
+        if head == "sigmoid"
+        else (
+            model.softmax_heads
+            if hasattr(model, "softmax_heads")
+            else [resolve_module(model, p) for p in get_adapter(model).head_paths]
+        )
+    )
     linears = [[m for m in h.modules() if isinstance(m, nn.Linear)][-1] for h in modules]
     weight = torch.stack([lin.weight for lin in linears]).mean(0).detach()
     bias = torch.stack([lin.bias if lin.bias is not None else torch.zeros_like(lin.weight[:, 0]) for lin in linears])
@@ -483,8 +504,11 @@ class _eager_attention:
     def __enter__(self):
         current = getattr(self.classifier.config, "_attn_implementation", None)
         if self.needed and current not in (None, "eager"):
-            logger.warning("Attention-based CAM needs attention maps: switching %s from %s to eager attention "
-                           "for this call.", type(self.classifier).__name__, current)
+            logger.warning(
+                "Attention-based CAM needs attention maps: switching %s from %s to eager attention for this call.",
+                type(self.classifier).__name__,
+                current,
+            )
             self.previous = current
             self.classifier.set_attn_implementation("eager")
 

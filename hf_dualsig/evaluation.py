@@ -52,8 +52,12 @@ class _Counts:
 
     def merge(self, other: "_Counts") -> "_Counts":
         return _Counts(
-            self.boxes.merge(other.boxes), self.pixels.merge(other.pixels), self.confidence.merge(other.confidence),
-            self.insertion + other.insertion, self.deletion + other.deletion, self.has_masks or other.has_masks,
+            self.boxes.merge(other.boxes),
+            self.pixels.merge(other.pixels),
+            self.confidence.merge(other.confidence),
+            self.insertion + other.insertion,
+            self.deletion + other.deletion,
+            self.has_masks or other.has_masks,
         )
 
 
@@ -89,9 +93,12 @@ def evaluate_model(
     heads = [h for h in settings.heads if dual or h == "softmax"]
     size = (settings.eval_size, settings.eval_size)
     counts = {
-        (m, h): _Counts(BoxAccuracy(settings.cam_threshold_interval, settings.fixed_threshold,
-                                    settings.first_gt_box_only), PixelPrecision(settings.cam_threshold_interval))
-        for m in settings.methods for h in heads
+        (m, h): _Counts(
+            BoxAccuracy(settings.cam_threshold_interval, settings.fixed_threshold, settings.first_gt_box_only),
+            PixelPrecision(settings.cam_threshold_interval),
+        )
+        for m in settings.methods
+        for h in heads
     }
     correct = {h: 0 for h in ("softmax", "sigmoid") if dual or h == "softmax"}
     indices = _shard(len(dataset))
@@ -173,11 +180,13 @@ def _results(counts: dict, correct: dict, total: int, settings: EvaluationSettin
         results["methods"].setdefault(method, {})[head] = entry
     results["curves"] = {
         f"{m}/{h}": {k: np.asarray(v).tolist() for k, v in c.boxes.curves().items() if k != "thresholds"}
-        for (m, h), c in counts.items() if has_boxes
+        for (m, h), c in counts.items()
+        if has_boxes
     }
     results["pr_curves"] = {
         f"{m}/{h}": dict(zip(("precision", "recall"), (a.tolist() for a in c.pixels.precision_recall()[:2])))
-        for (m, h), c in counts.items() if c.has_masks
+        for (m, h), c in counts.items()
+        if c.has_masks
     }
     results["settings"] = {
         **{k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()},
@@ -190,8 +199,9 @@ def _results(counts: dict, correct: dict, total: int, settings: EvaluationSettin
     return results
 
 
-def evaluate_scoremaps(scoremap_dir: str, metadata_dir: str, settings: EvaluationSettings,
-                       mask_root: str | None = None) -> dict:
+def evaluate_scoremaps(
+    scoremap_dir: str, metadata_dir: str, settings: EvaluationSettings, mask_root: str | None = None
+) -> dict:
     """Score precomputed maps (`<scoremap_dir>/<image_id>.npy`, wsolevaluation layout, eval_size square, values in
     [0, 1]) against metadata, with no model: MaxBoxAcc family from boxes, PxAP from masks."""
     meta = read_wsol_metadata(metadata_dir)
@@ -221,26 +231,41 @@ def evaluate_scoremaps(scoremap_dir: str, metadata_dir: str, settings: Evaluatio
         parts = gather_object([state])
         state = parts[0]
         for other in parts[1:]:
-            state = {"boxes": state["boxes"].merge(other["boxes"]), "pixels": state["pixels"].merge(other["pixels"]),
-                     "count": state["count"] + other["count"]}
+            state = {
+                "boxes": state["boxes"].merge(other["boxes"]),
+                "pixels": state["pixels"].merge(other["pixels"]),
+                "count": state["count"] + other["count"],
+            }
     entry = state["boxes"].compute() if state["boxes"].count else {}
     if state["pixels"].foreground.sum() or meta.masks:
         entry.update(state["pixels"].compute())
     entry.pop("top1_loc", None)  # no classifier: only GT-known
-    return {"num_images": state["count"], "scoremaps": entry,
-            "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()}}
+    return {
+        "num_images": state["count"],
+        "scoremaps": entry,
+        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()},
+    }
 
 
 def markdown_table(results: dict) -> str:
     """The paper's layout: one row per method, each cell `softmax -> sigmoid` (or one head's value)."""
-    columns = [("Top-1 Loc", "top1_loc"), ("GT-known Loc", "gt_known_loc"), ("MaxBoxAcc", "maxboxacc"),
-               ("MaxBoxAccV2", "maxboxacc_v2"), ("PxAP", "pxap"), ("AD (lower better)", "average_drop"),
-               ("IC", "increase_in_confidence"), ("Ins. AUC", "insertion_auc"), ("Del. AUC (lower better)", "deletion_auc")]
+    columns = [
+        ("Top-1 Loc", "top1_loc"),
+        ("GT-known Loc", "gt_known_loc"),
+        ("MaxBoxAcc", "maxboxacc"),
+        ("MaxBoxAccV2", "maxboxacc_v2"),
+        ("PxAP", "pxap"),
+        ("AD (lower better)", "average_drop"),
+        ("IC", "increase_in_confidence"),
+        ("Ins. AUC", "insertion_auc"),
+        ("Del. AUC (lower better)", "deletion_auc"),
+    ]
     first = next(iter(results["methods"].values()))
     columns = [(title, key) for title, key in columns if any(key in entry for entry in first.values())]
     cls = results["top1_cls"]
     lines = [
-        f"Top-1 Cls: softmax {cls['softmax']:.2f}" + (f", sigmoid argmax {cls['sigmoid']:.2f}" if "sigmoid" in cls else ""),
+        f"Top-1 Cls: softmax {cls['softmax']:.2f}"
+        + (f", sigmoid argmax {cls['sigmoid']:.2f}" if "sigmoid" in cls else ""),
         "",
         "| method | " + " | ".join(title for title, _ in columns) + " |",
         "|---|" + "---|" * len(columns),
@@ -290,7 +315,9 @@ def write_reports(results: dict, output_dir: str) -> list[str]:
     if pr_curves:
         fig, ax = plt.subplots(figsize=(6, 5))
         for name, curve in pr_curves.items():
-            ax.plot(curve["recall"], curve["precision"], label=name, linestyle="-" if name.endswith("sigmoid") else "--")
+            ax.plot(
+                curve["recall"], curve["precision"], label=name, linestyle="-" if name.endswith("sigmoid") else "--"
+            )
         ax.set(title="pixel precision-recall (PxAP)", xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1))
         ax.legend(fontsize=7)
         fig.tight_layout()

@@ -42,28 +42,49 @@ def require_token(token: str | None = None) -> str:
 def eval_results(results: dict, dataset_name: str) -> list[EvalResult]:
     """model-index entries: Top-1 Cls per head and the localisation/fidelity metrics per method and head."""
     entries = [
-        EvalResult(task_type="image-classification", dataset_type=dataset_name, dataset_name=dataset_name,
-                   metric_type="accuracy", metric_name=f"Top-1 Cls ({head} head)", metric_value=round(value, 4))
+        EvalResult(
+            task_type="image-classification",
+            dataset_type=dataset_name,
+            dataset_name=dataset_name,
+            metric_type="accuracy",
+            metric_name=f"Top-1 Cls ({head} head)",
+            metric_value=round(value, 4),
+        )
         for head, value in results.get("top1_cls", {}).items()
     ]
     for method, per_head in results.get("methods", {}).items():
         for head, metrics in per_head.items():
             for key, title in CARD_METRICS.items():
                 if key in metrics:
-                    entries.append(EvalResult(
-                        task_type="image-classification", dataset_type=dataset_name, dataset_name=dataset_name,
-                        metric_type=key, metric_name=f"{title} ({method}, {head} head)",
-                        metric_value=round(metrics[key], 4),
-                    ))
+                    entries.append(
+                        EvalResult(
+                            task_type="image-classification",
+                            dataset_type=dataset_name,
+                            dataset_name=dataset_name,
+                            metric_type=key,
+                            metric_name=f"{title} ({method}, {head} head)",
+                            metric_value=round(metrics[key], 4),
+                        )
+                    )
     return entries
 
 
-def build_card(model, repo_id: str, results: dict | None, gallery: list[dict], training: str,
-               base_model: str | None, dataset_name: str, license: str = "apache-2.0",
-               template_path: Path = TEMPLATE) -> ModelCard:
+def build_card(
+    model,
+    repo_id: str,
+    results: dict | None,
+    gallery: list[dict],
+    training: str,
+    base_model: str | None,
+    dataset_name: str,
+    license: str = "apache-2.0",
+    template_path: Path = TEMPLATE,
+) -> ModelCard:
     """The model card: metadata with model-index results, the method, results table, usage, gallery, training."""
     if not Path(template_path).is_file():
-        raise ValueError(f"card template not found at {template_path}; pass template_path=<model_cards/dualsig_card.md>.")
+        raise ValueError(
+            f"card template not found at {template_path}; pass template_path=<model_cards/dualsig_card.md>."
+        )
     settings = (results or {}).get("settings", {})
     data = ModelCardData(
         library_name="transformers",
@@ -93,10 +114,19 @@ def build_card(model, repo_id: str, results: dict | None, gallery: list[dict], t
     )
 
 
-def stage(model, processor, stage_dir: str, repo_id: str, results: dict | None = None,
-          gallery_images: list | None = None, gallery_titles: list[str] | None = None,
-          scoremap_images: list | None = None, training: str = "", base_model: str | None = None,
-          dataset_name: str = "synthetic-wsol") -> str:
+def stage(
+    model,
+    processor,
+    stage_dir: str,
+    repo_id: str,
+    results: dict | None = None,
+    gallery_images: list | None = None,
+    gallery_titles: list[str] | None = None,
+    scoremap_images: list | None = None,
+    training: str = "",
+    base_model: str | None = None,
+    dataset_name: str = "synthetic-wsol",
+) -> str:
     """Write everything a Hub repo holds into `stage_dir` (replaced atomically): weights (safetensors), config with
     auto_map and the custom pipeline, the shipped code, the image processor, README.md, results.json, maps/
     (overlay gallery PNG; with `scoremap_images`, score maps as compressed .npz with an index)."""
@@ -111,8 +141,12 @@ def stage(model, processor, stage_dir: str, repo_id: str, results: dict | None =
     if gallery_images:
         maps = _maps(model, processor, gallery_images)
         save_png(overlay_grid(gallery_images, maps, gallery_titles), os.path.join(tmp, "maps", "gallery.png"))
-        gallery.append({"path": "maps/gallery.png",
-                        "caption": "Each row: the image, then CAM and Grad-CAM from the softmax head and the sigmoid branch."})
+        gallery.append(
+            {
+                "path": "maps/gallery.png",
+                "caption": "Each row: the image, then CAM and Grad-CAM from the softmax head and the sigmoid branch.",
+            }
+        )
     if scoremap_images:
         _save_scoremaps(model, processor, scoremap_images, os.path.join(tmp, "maps"))
     card = build_card(model, repo_id, results, gallery, training, base_model, dataset_name)
@@ -139,14 +173,23 @@ def _save_scoremaps(model, processor, images, folder: str) -> None:
     arrays = {f"{method}__{head}": value.numpy().astype(np.float16) for (method, head), value in maps.items()}
     os.makedirs(folder, exist_ok=True)
     np.savez_compressed(os.path.join(folder, "scoremaps.npz"), **arrays)
-    index = {"arrays": {k: list(v.shape) for k, v in arrays.items()}, "images": len(images),
-             "layout": "array[image index, height, width], values in [0, 1], float16"}
+    index = {
+        "arrays": {k: list(v.shape) for k, v in arrays.items()},
+        "images": len(images),
+        "layout": "array[image index, height, width], values in [0, 1], float16",
+    }
     with open(os.path.join(folder, "scoremaps_index.json"), "w") as handle:
         json.dump(index, handle, indent=2)
 
 
-def upload(stage_dir: str, repo_id: str, token: str, private: bool = False, revision: str | None = None,
-           commit_message: str = "Upload dual-sigmoid checkpoint, code, maps and card") -> str:
+def upload(
+    stage_dir: str,
+    repo_id: str,
+    token: str,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str = "Upload dual-sigmoid checkpoint, code, maps and card",
+) -> str:
     """Create the repo if needed and upload the staged folder as one commit; a re-push updates it in place."""
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
@@ -165,11 +208,24 @@ def _one_per_class(labels: list[int], count: int) -> list[int]:
     return sorted((first + rest)[:count])
 
 
-def publish(model, processor, repo_id: str, stage_dir: str, results: dict | None = None, gallery_dataset=None,
-            num_gallery: int = 4, training: str = "", base_model: str | None = None,
-            dataset_name: str = "synthetic-wsol", dry_run: bool = False, token: str | None = None,
-            private: bool = False, revision: str | None = None, commit_message: str | None = None,
-            save_scoremaps: bool = False) -> dict:
+def publish(
+    model,
+    processor,
+    repo_id: str,
+    stage_dir: str,
+    results: dict | None = None,
+    gallery_dataset=None,
+    num_gallery: int = 4,
+    training: str = "",
+    base_model: str | None = None,
+    dataset_name: str = "synthetic-wsol",
+    dry_run: bool = False,
+    token: str | None = None,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    save_scoremaps: bool = False,
+) -> dict:
     """Stage the checkpoint with its card and maps (gallery from the first `num_gallery` rows of `gallery_dataset`),
     then upload unless `dry_run`. The token is checked before any work."""
     token = None if dry_run else require_token(token)
@@ -179,8 +235,19 @@ def publish(model, processor, repo_id: str, stage_dir: str, results: dict | None
         images = [image.convert("RGB") for image in rows["image"]]
         names = getattr(gallery_dataset.features["label"], "names", None)
         titles = [names[label] if names else str(label) for label in rows["label"]]
-    stage(model, processor, stage_dir, repo_id, results, images, titles, images if save_scoremaps else None,
-          training, base_model, dataset_name)
+    stage(
+        model,
+        processor,
+        stage_dir,
+        repo_id,
+        results,
+        images,
+        titles,
+        images if save_scoremaps else None,
+        training,
+        base_model,
+        dataset_name,
+    )
     commit = None
     if not dry_run:
         commit = upload(stage_dir, repo_id, token, private, revision, commit_message or f"Upload {repo_id}")

@@ -247,9 +247,7 @@ class DualSigmoidForImageClassification(PreTrainedModel):
         )
         return class_balanced_bce(sigmoid_logits, labels, pos_weight, num_items_in_batch)
 
-    def explain(
-        self, pixel_values: torch.Tensor, methods=("gradcam",), heads=("sigmoid",), **kwargs
-    ) -> CAMOutput:
+    def explain(self, pixel_values: torch.Tensor, methods=("gradcam",), heads=("sigmoid",), **kwargs) -> CAMOutput:
         """Class activation maps of `methods` x `heads` from one shared pass; see `cam.explain` for the options
         (targets, top_k, target_layer, normalize, truncate_negative_weights, upsample, return_raw)."""
         return explain(self, pixel_values, methods=methods, heads=heads, **kwargs)

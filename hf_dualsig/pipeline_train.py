@@ -1,4 +1,5 @@
-"""The two-stage training job behind `scripts/train.py`: fine-tune a softmax classifier, then train its sigmoid branch."""
+"""The two-stage training job behind `scripts/train.py`: fine-tune a softmax classifier, then train its sigmoid
+branch."""
 
 import logging
 import os
@@ -35,7 +36,9 @@ class ModelArguments:
     )
     stage: str = field(
         default="both",
-        metadata={"help": "softmax: fine-tune the classifier; sigmoid: train the branch of a trained classifier; both."},
+        metadata={
+            "help": "softmax: fine-tune the classifier; sigmoid: train the branch of a trained classifier; both."
+        },
     )
     softmax_epochs: float = field(default=20, metadata={"help": "Epochs of stage 1 (softmax fine-tuning)."})
     softmax_learning_rate: float = field(default=3e-3, metadata={"help": "AdamW learning rate of stage 1."})
@@ -44,7 +47,8 @@ class ModelArguments:
         metadata={"help": "num_classes_minus_one (paper), inverse_frequency, none, or a number."},
     )
     use_feature_cache: bool | None = field(
-        default=None, metadata={"help": "Train the head on cached features (default: when the transform is deterministic)."}
+        default=None,
+        metadata={"help": "Train the head on cached features (default: when the transform is deterministic)."},
     )
     augment: bool = field(default=False, metadata={"help": "Random crops and flips in stage 2 (turns the cache off)."})
 
@@ -53,11 +57,15 @@ class ModelArguments:
 class DataArguments:
     dataset: str = field(
         default="synthetic",
-        metadata={"help": "synthetic | wsol (wsolevaluation layout, see --metadata_dir) | a load_dataset path or hub id."},
+        metadata={
+            "help": "synthetic | wsol (wsolevaluation layout, see --metadata_dir) | a load_dataset path or hub id."
+        },
     )
     data_dir: str | None = field(default=None, metadata={"help": "data_dir / image root for load_dataset or wsol."})
     data_files: str | None = field(default=None, metadata={"help": "data_files for load_dataset (e.g. parquet files)."})
-    metadata_dir: str | None = field(default=None, metadata={"help": "wsol: metadata/<dataset> with one folder per split."})
+    metadata_dir: str | None = field(
+        default=None, metadata={"help": "wsol: metadata/<dataset> with one folder per split."}
+    )
     image_column: str = "image"
     label_column: str = "label"
     bbox_column: str | None = None
@@ -235,9 +243,17 @@ def run(
                 result["evaluation"] = {"dir": eval_dir, "top1_cls": wsol["top1_cls"]}
         if hub and args.process_index == 0:
             result["hub"] = publish(
-                dual, processor, hub["repo_id"], os.path.join(args.output_dir, "hub"), wsol, test,
-                training=_training_summary(model, data, args), base_model=model.model_name_or_path,
-                dataset_name=data.dataset, token=hub["token"], private=bool(args.hub_private_repo),
+                dual,
+                processor,
+                hub["repo_id"],
+                os.path.join(args.output_dir, "hub"),
+                wsol,
+                test,
+                training=_training_summary(model, data, args),
+                base_model=model.model_name_or_path,
+                dataset_name=data.dataset,
+                token=hub["token"],
+                private=bool(args.hub_private_repo),
             )
     result.update(output_dir=args.output_dir, num_processes=args.world_size)
     return result

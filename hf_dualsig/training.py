@@ -93,7 +93,9 @@ def compute_head_inputs(
     state.wait_for_everyone()
     shards = [load_file(f"{cache_path}.rank{r}") for r in range(world)]
     num_heads = len(model.config.head_paths)
-    head_inputs = [torch.cat([s[f"head_input_{i}"] for s in shards if f"head_input_{i}" in s]) for i in range(num_heads)]
+    head_inputs = [
+        torch.cat([s[f"head_input_{i}"] for s in shards if f"head_input_{i}" in s]) for i in range(num_heads)
+    ]
     return FeatureDataset(head_inputs, torch.cat([s["labels"] for s in shards]))
 
 
@@ -161,7 +163,11 @@ class DualSigmoidTrainer(Trainer):
             eval_dataset = eval_dataset and TransformedDataset(eval_dataset, eval_transform)
             collator = default_data_collator
         super().__init__(
-            model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, data_collator=collator,
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            data_collator=collator,
             **kwargs,
         )
 
@@ -173,5 +179,7 @@ def _decide_feature_cache(requested: bool | None, transform: ImageTransform) -> 
             "drop the augmentation or set use_feature_cache=False."
         )
     if requested is None and transform.augment:
-        logger.warning("Random augmentation in the training transform: feature cache off, training through the backbone.")
+        logger.warning(
+            "Random augmentation in the training transform: feature cache off, training through the backbone."
+        )
     return transform.augment is False if requested is None else requested

@@ -26,7 +26,12 @@ def _tiny_configs(num_labels: int, image_size: int) -> dict:
         "dinov2": T.Dinov2Config(**dinov2),
         "dinov2_registers": T.Dinov2WithRegistersConfig(**dinov2, num_register_tokens=4),
         "swin": T.SwinConfig(
-            image_size=image_size, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4,
+            image_size=image_size,
+            patch_size=4,
+            embed_dim=16,
+            depths=[1, 1],
+            num_heads=[2, 2],
+            window_size=4,
             num_labels=num_labels,
         ),
         "convnext": T.ConvNextConfig(**convnext),
@@ -37,7 +42,10 @@ def _tiny_configs(num_labels: int, image_size: int) -> dict:
         ),
         "mobilenet_v2": T.MobileNetV2Config(depth_multiplier=0.25, image_size=image_size, num_labels=num_labels),
         "efficientnet": T.EfficientNetConfig(
-            width_coefficient=0.1, depth_coefficient=0.1, image_size=image_size, hidden_dim=128,
+            width_coefficient=0.1,
+            depth_coefficient=0.1,
+            image_size=image_size,
+            hidden_dim=128,
             num_labels=num_labels,
         ),
         "timm_resnet": T.TimmWrapperConfig(architecture="resnet10t", num_labels=num_labels),
@@ -72,6 +80,10 @@ def convnext_small_config(num_labels: int, image_size: int = 64) -> T.ConvNextCo
     """The default model of the main job: a narrow 3-stage ConvNeXt with a stride-2 stem, so that its last feature
     map (the CAM layer) is image_size / 8 wide (8x8 at 64 pixels), trainable in minutes on 2 CPU cores."""
     return T.ConvNextConfig(
-        patch_size=2, num_stages=3, hidden_sizes=[32, 64, 128], depths=[1, 1, 2], image_size=image_size,
+        patch_size=2,
+        num_stages=3,
+        hidden_sizes=[32, 64, 128],
+        depths=[1, 1, 2],
+        image_size=image_size,
         num_labels=num_labels,
     )

@@ -56,8 +56,19 @@ def main(argv=None):
     output_dir = target.output_dir or os.path.join(target.model_name_or_path, "eval")
     results = run_evaluation(model, processor, dataset, args, output_dir)
     if target.push_to_hub and PartialState().is_main_process:
-        print(publish(model, processor, target.hub_model_id, os.path.join(output_dir, "hub"), results, dataset,
-                      base_model=target.model_name_or_path, dataset_name=data.dataset, token=token))
+        print(
+            publish(
+                model,
+                processor,
+                target.hub_model_id,
+                os.path.join(output_dir, "hub"),
+                results,
+                dataset,
+                base_model=target.model_name_or_path,
+                dataset_name=data.dataset,
+                token=token,
+            )
+        )
 
 
 def _write_json(results: dict, output_dir: str) -> None:

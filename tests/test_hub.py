@@ -23,10 +23,24 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = {
     "top1_cls": {"softmax": 75.0, "sigmoid": 68.75},
     "num_images": 16,
-    "methods": {"gradcam": {"softmax": {"maxboxacc_v2": 40.5, "top1_loc": 25.0, "gt_known_loc": 31.25,
-                                        "average_drop": 50.1, "increase_in_confidence": 12.5},
-                            "sigmoid": {"maxboxacc_v2": 44.25, "top1_loc": 18.75, "gt_known_loc": 37.5,
-                                        "average_drop": 47.3, "increase_in_confidence": 18.75}}},
+    "methods": {
+        "gradcam": {
+            "softmax": {
+                "maxboxacc_v2": 40.5,
+                "top1_loc": 25.0,
+                "gt_known_loc": 31.25,
+                "average_drop": 50.1,
+                "increase_in_confidence": 12.5,
+            },
+            "sigmoid": {
+                "maxboxacc_v2": 44.25,
+                "top1_loc": 18.75,
+                "gt_known_loc": 37.5,
+                "average_drop": 47.3,
+                "increase_in_confidence": 18.75,
+            },
+        }
+    },
     "settings": {"eval_size": 224, "fixed_threshold": 0.2, "fidelity_head": "softmax"},
 }
 
@@ -35,25 +49,46 @@ RESULTS = {
 def dual_and_processor():
     dual = DualSigmoidForImageClassification.from_classifier(tiny_classifier("resnet", num_labels=4))
     with torch.no_grad():
-        dual.sigmoid_head[0][1].weight.add_(torch.randn(dual.sigmoid_head[0][1].weight.shape,
-                                                        generator=torch.Generator().manual_seed(0)))
+        dual.sigmoid_head[0][1].weight.add_(
+            torch.randn(dual.sigmoid_head[0][1].weight.shape, generator=torch.Generator().manual_seed(0))
+        )
     return dual, T.ViTImageProcessorPil(size={"height": 32, "width": 32})
 
 
 @pytest.fixture
 def staged(dual_and_processor, synthetic, tmp_path):
     dual, processor = dual_and_processor
-    outcome = publish(dual, processor, "someone/tiny-dualsig", str(tmp_path / "stage"), RESULTS, synthetic["test"],
-                      num_gallery=3, dry_run=True, save_scoremaps=True)
+    outcome = publish(
+        dual,
+        processor,
+        "someone/tiny-dualsig",
+        str(tmp_path / "stage"),
+        RESULTS,
+        synthetic["test"],
+        num_gallery=3,
+        dry_run=True,
+        save_scoremaps=True,
+    )
     return Path(outcome["stage_dir"])
 
 
 def test_staged_folder_holds_everything_and_the_card_parses(staged):
     files = {str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file()}
     assert files == {
-        "README.md", "config.json", "model.safetensors", "preprocessor_config.json", "results.json",
-        "modeling_dualsig.py", "configuration_dualsig.py", "backbones.py", "losses.py", "cam.py",
-        "pipeline_dualsig.py", "maps/gallery.png", "maps/scoremaps.npz", "maps/scoremaps_index.json",
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "results.json",
+        "modeling_dualsig.py",
+        "configuration_dualsig.py",
+        "backbones.py",
+        "losses.py",
+        "cam.py",
+        "pipeline_dualsig.py",
+        "maps/gallery.png",
+        "maps/scoremaps.npz",
+        "maps/scoremaps_index.json",
     }
     config = json.loads((staged / "config.json").read_text())
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForImageClassification"}
@@ -63,7 +98,11 @@ def test_staged_folder_holds_everything_and_the_card_parses(staged):
     reported = {r.metric_name: r.metric_value for r in card.data.eval_results}
     assert reported["Top-1 Cls (sigmoid head)"] == RESULTS["top1_cls"]["sigmoid"]
     for head in ("softmax", "sigmoid"):
-        for key, title in (("maxboxacc_v2", "MaxBoxAccV2"), ("top1_loc", "Top-1 Loc"), ("average_drop", "Average Drop")):
+        for key, title in (
+            ("maxboxacc_v2", "MaxBoxAccV2"),
+            ("top1_loc", "Top-1 Loc"),
+            ("average_drop", "Average Drop"),
+        ):
             assert reported[f"{title} (gradcam, {head} head)"] == RESULTS["methods"]["gradcam"][head][key]
     assert json.loads((staged / "results.json").read_text()) == RESULTS
     for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", card.text):
@@ -93,9 +132,19 @@ def test_staged_checkpoint_explains_itself_without_the_package(staged, dual_and_
     torch.save(x, tmp_path / "x.pt")
     Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(tmp_path / "img.png")
     result = subprocess.run(
-        [sys.executable, "-c", REMOTE_EXPLAIN, str(staged), str(tmp_path / "x.pt"), str(tmp_path / "maps.pt"),
-         str(tmp_path / "img.png")],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-c",
+            REMOTE_EXPLAIN,
+            str(staged),
+            str(tmp_path / "x.pt"),
+            str(tmp_path / "maps.pt"),
+            str(tmp_path / "img.png"),
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     remote = torch.load(tmp_path / "maps.pt")
@@ -114,15 +163,29 @@ def test_upload_sends_exactly_the_staged_files_in_one_commit(dual_and_processor,
         # what huggingface_hub would commit for these arguments (its own file selection), recorded as one commit
         with mock.patch.object(HfApi, "_validate_yaml"):
             operations = self._prepare_upload_folder_additions(
-                kwargs["folder_path"], kwargs.get("path_in_repo") or "",
-                kwargs.get("allow_patterns"), kwargs.get("ignore_patterns"),
+                kwargs["folder_path"],
+                kwargs.get("path_in_repo") or "",
+                kwargs.get("allow_patterns"),
+                kwargs.get("ignore_patterns"),
             )
         uploads.append((kwargs["repo_id"], sorted(op.path_in_repo for op in operations), kwargs["commit_message"]))
         return mock.Mock(commit_url="https://huggingface.co/someone/tiny-dualsig/commit/abc")
 
-    with mock.patch.object(HfApi, "create_repo") as create_repo, mock.patch.object(HfApi, "upload_folder", upload_folder):
-        outcome = publish(dual, processor, "someone/tiny-dualsig", str(tmp_path / "stage"), RESULTS,
-                          synthetic["test"], num_gallery=2, private=True, commit_message="first push")
+    with (
+        mock.patch.object(HfApi, "create_repo") as create_repo,
+        mock.patch.object(HfApi, "upload_folder", upload_folder),
+    ):
+        outcome = publish(
+            dual,
+            processor,
+            "someone/tiny-dualsig",
+            str(tmp_path / "stage"),
+            RESULTS,
+            synthetic["test"],
+            num_gallery=2,
+            private=True,
+            commit_message="first push",
+        )
     create_repo.assert_called_once()
     assert create_repo.call_args.kwargs["private"] is True and create_repo.call_args.kwargs["exist_ok"] is True
     staged = sorted(str(p.relative_to(tmp_path / "stage")) for p in (tmp_path / "stage").rglob("*") if p.is_file())

@@ -128,8 +128,15 @@ def _oracle_counts(score_map, gt_boxes, taus):
         contours, _ = cv2.findContours(foreground, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
         if contours:
             rects = np.array([cv2.boundingRect(c) for c in contours])
-            boxes = np.stack([rects[:, 0], rects[:, 1], np.minimum(rects[:, 0] + rects[:, 2], w - 1),
-                              np.minimum(rects[:, 1] + rects[:, 3], h - 1)], axis=1)
+            boxes = np.stack(
+                [
+                    rects[:, 0],
+                    rects[:, 1],
+                    np.minimum(rects[:, 0] + rects[:, 2], w - 1),
+                    np.minimum(rects[:, 1] + rects[:, 3], h - 1),
+                ],
+                axis=1,
+            )
             largest = int(np.argmax([cv2.contourArea(c) for c in contours]))
         else:
             boxes, largest = np.zeros((1, 4), np.int64), 0
@@ -137,8 +144,11 @@ def _oracle_counts(score_map, gt_boxes, taus):
         iw = np.clip(np.minimum(b[..., 2], gt[..., 2]) - np.maximum(b[..., 0], gt[..., 0]) + 1, 0, None)
         ih = np.clip(np.minimum(b[..., 3], gt[..., 3]) - np.maximum(b[..., 1], gt[..., 1]) + 1, 0, None)
         inter = iw * ih
-        union = ((b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
-                 + (gt[..., 2] - gt[..., 0] + 1) * (gt[..., 3] - gt[..., 1] + 1) - inter)
+        union = (
+            (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
+            + (gt[..., 2] - gt[..., 0] + 1) * (gt[..., 3] - gt[..., 1] + 1)
+            - inter
+        )
         iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
         best_v1, best_v2 = iou[largest].max(), iou.max()
         for i, delta in enumerate((30, 50, 70)):

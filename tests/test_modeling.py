@@ -192,8 +192,17 @@ def test_bad_input_gives_clear_errors():
         DualSigmoidForImageClassification.from_classifier(T.ResNetModel(T.ResNetConfig(hidden_sizes=[8], depths=[1])))
     with pytest.raises(TypeError, match="transformers"):
         DualSigmoidForImageClassification.from_classifier(torch.nn.Linear(2, 2))
-    headless = T.ViTForImageClassification(T.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                                       intermediate_size=32, image_size=32, patch_size=8, num_labels=0))
+    headless = T.ViTForImageClassification(
+        T.ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            image_size=32,
+            patch_size=8,
+            num_labels=0,
+        )
+    )
     with pytest.raises(ValueError, match="no classification head"):
         DualSigmoidForImageClassification.from_classifier(headless)
     with pytest.raises(ValueError, match="class_counts"):

@@ -16,23 +16,35 @@ from hf_dualsig.data.transforms import ImageTransform
 from hf_dualsig.pipeline_train import DataArguments, DualSigTrainingArguments, ModelArguments, run
 from hf_dualsig.training import DualSigmoidTrainer
 
-from conftest import SMALL_SYNTHETIC
 
 REPO = Path(__file__).resolve().parents[1]
 TRANSFORM = ImageTransform(32, 32)
 
 
 def _train_head(classifier_dir, synthetic, out, **overrides):
-    dual = DualSigmoidForImageClassification.from_classifier(T.AutoModelForImageClassification.from_pretrained(classifier_dir))
+    dual = DualSigmoidForImageClassification.from_classifier(
+        T.AutoModelForImageClassification.from_pretrained(classifier_dir)
+    )
     settings = dict(
-        output_dir=str(out), num_train_epochs=2, per_device_train_batch_size=16, learning_rate=0.1,
-        optim="sgd", optim_args=None, eval_strategy="no", save_strategy="no", use_cpu=True, seed=5,
+        output_dir=str(out),
+        num_train_epochs=2,
+        per_device_train_batch_size=16,
+        learning_rate=0.1,
+        optim="sgd",
+        optim_args=None,
+        eval_strategy="no",
+        save_strategy="no",
+        use_cpu=True,
+        seed=5,
     )
     settings.update(overrides.pop("args", {}))
     overrides.setdefault("train_transform", TRANSFORM)
     trainer = DualSigmoidTrainer(
-        dual, DualSigTrainingArguments(**settings), train_dataset=synthetic["train"],
-        eval_dataset=synthetic["validation"], **overrides,
+        dual,
+        DualSigTrainingArguments(**settings),
+        train_dataset=synthetic["train"],
+        eval_dataset=synthetic["validation"],
+        **overrides,
     )
     trainer.train()
     return dual, trainer
@@ -55,7 +67,9 @@ def test_gradient_accumulation_gives_the_full_batch_loss(tiny_classifier_dir, sy
     # 48 samples: batches of 16 vs 8 x 2 accumulation steps vs 5 + 5 + ... with an uneven last batch
     full, _ = _train_head(tiny_classifier_dir, synthetic, tmp_path / "a", args={"per_device_train_batch_size": 16})
     accumulated, _ = _train_head(
-        tiny_classifier_dir, synthetic, tmp_path / "b",
+        tiny_classifier_dir,
+        synthetic,
+        tmp_path / "b",
         args={"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2},
     )
     for key, value in full.sigmoid_head.state_dict().items():
@@ -70,33 +84,84 @@ def test_evaluation_reports_both_heads_and_the_bce(tiny_classifier_dir, syntheti
         labels = torch.tensor(synthetic["validation"]["label"])
         out = dual(pixels, labels=labels)
     assert metrics["eval_accuracy_softmax"] == pytest.approx((out.logits.argmax(-1) == labels).float().mean().item())
-    assert metrics["eval_accuracy_sigmoid"] == pytest.approx((out.sigmoid_logits.argmax(-1) == labels).float().mean().item())
+    assert metrics["eval_accuracy_sigmoid"] == pytest.approx(
+        (out.sigmoid_logits.argmax(-1) == labels).float().mean().item()
+    )
     assert metrics["eval_loss"] == pytest.approx(out.loss.item(), rel=1e-4)
 
 
 def test_two_processes_match_one_process(tiny_classifier_dir, tmp_path):
     common = [
-        "--stage", "sigmoid", "--model_name_or_path", str(tiny_classifier_dir), "--use_cpu",
-        "--synthetic_num_train", "48", "--synthetic_num_val", "16", "--synthetic_num_test", "16",
-        "--synthetic_num_classes", "4", "--image_size", "32", "--num_train_epochs", "2", "--eval_strategy", "no",
-        "--save_strategy", "no", "--learning_rate", "0.1",
+        "--stage",
+        "sigmoid",
+        "--model_name_or_path",
+        str(tiny_classifier_dir),
+        "--use_cpu",
+        "--synthetic_num_train",
+        "48",
+        "--synthetic_num_val",
+        "16",
+        "--synthetic_num_test",
+        "16",
+        "--synthetic_num_classes",
+        "4",
+        "--image_size",
+        "32",
+        "--num_train_epochs",
+        "2",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        "--learning_rate",
+        "0.1",
     ]
     env = {**os.environ, "HF_DUALSIG_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     one = subprocess.run(
-        [sys.executable, "scripts/train.py", *common, "--output_dir", str(tmp_path / "one"),
-         "--per_device_train_batch_size", "16"],
-        cwd=REPO, env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "scripts/train.py",
+            *common,
+            "--output_dir",
+            str(tmp_path / "one"),
+            "--per_device_train_batch_size",
+            "16",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "scripts/train.py", *common, "--output_dir", str(tmp_path / "two"), "--per_device_train_batch_size", "8"],
-        cwd=REPO, env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "scripts/train.py",
+            *common,
+            "--output_dir",
+            str(tmp_path / "two"),
+            "--per_device_train_batch_size",
+            "8",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert two.returncode == 0, two.stderr[-3000:]
     assert '"num_processes": 2' in two.stdout and '"num_processes": 1' in one.stdout
-    heads = [DualSigmoidForImageClassification.from_pretrained(tmp_path / n).sigmoid_head.state_dict() for n in ("one", "two")]
-    start = DualSigmoidForImageClassification.from_classifier(T.AutoModelForImageClassification.from_pretrained(tiny_classifier_dir))
+    heads = [
+        DualSigmoidForImageClassification.from_pretrained(tmp_path / n).sigmoid_head.state_dict()
+        for n in ("one", "two")
+    ]
+    start = DualSigmoidForImageClassification.from_classifier(
+        T.AutoModelForImageClassification.from_pretrained(tiny_classifier_dir)
+    )
     for key in heads[0]:
         torch.testing.assert_close(heads[1][key], heads[0][key], atol=1e-5, rtol=0)
         assert not torch.equal(heads[0][key], start.sigmoid_head.state_dict()[key])
@@ -107,7 +172,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_classifier_dir, 
     driver = [sys.executable, str(REPO / "tests" / "train_driver.py"), str(tiny_classifier_dir)]
     straight = subprocess.run([*driver, str(tmp_path / "straight")], env=env, capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    killed = subprocess.run([*driver, str(tmp_path / "resumed"), "--kill_after_step", "4"], env=env, capture_output=True, text=True)
+    killed = subprocess.run(
+        [*driver, str(tmp_path / "resumed"), "--kill_after_step", "4"], env=env, capture_output=True, text=True
+    )
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert (tmp_path / "resumed" / "checkpoint-4").is_dir() and not (tmp_path / "resumed" / "checkpoint-8").exists()
     resumed = subprocess.run([*driver, str(tmp_path / "resumed"), "--resume"], env=env, capture_output=True, text=True)
@@ -146,11 +213,19 @@ def test_bad_data_fails_before_training(tiny_classifier_dir, synthetic, tmp_path
     with pytest.raises(ValueError, match="label names"):
         check_label_names(synthetic["train"], {0: "a", 1: "b", 2: "c", 3: "d"})
     with pytest.raises(ValueError, match="augment"):
-        _train_head(tiny_classifier_dir, synthetic, tmp_path, use_feature_cache=True,
-                    train_transform=ImageTransform(32, 32, augment=True))
+        _train_head(
+            tiny_classifier_dir,
+            synthetic,
+            tmp_path,
+            use_feature_cache=True,
+            train_transform=ImageTransform(32, 32, augment=True),
+        )
     with pytest.raises(TypeError, match="from_classifier"):
-        DualSigmoidTrainer(T.AutoModelForImageClassification.from_pretrained(tiny_classifier_dir),
-                           DualSigTrainingArguments(output_dir=str(tmp_path)), train_transform=TRANSFORM)
+        DualSigmoidTrainer(
+            T.AutoModelForImageClassification.from_pretrained(tiny_classifier_dir),
+            DualSigTrainingArguments(output_dir=str(tmp_path)),
+            train_transform=TRANSFORM,
+        )
     with pytest.raises(ValueError, match="--stage"):
         run(ModelArguments(stage="all"), DataArguments(), DualSigTrainingArguments(output_dir=str(tmp_path)))
 
@@ -169,21 +244,61 @@ def _trainer_log(output_dir):
 
 
 def test_evaluation_in_two_processes_equals_one_process(tiny_classifier_dir, tmp_path):
-    dual = DualSigmoidForImageClassification.from_classifier(T.AutoModelForImageClassification.from_pretrained(tiny_classifier_dir))
+    dual = DualSigmoidForImageClassification.from_classifier(
+        T.AutoModelForImageClassification.from_pretrained(tiny_classifier_dir)
+    )
     dual.save_pretrained(tmp_path / "model")
     T.AutoImageProcessor.from_pretrained(tiny_classifier_dir).save_pretrained(tmp_path / "model")
     common = [
-        "scripts/evaluate.py", "--model_name_or_path", str(tmp_path / "model"), "--use_cpu",
-        "--synthetic_num_train", "48", "--synthetic_num_val", "16", "--synthetic_num_test", "16",
-        "--synthetic_num_classes", "4", "--image_size", "32", "--eval_size", "64", "--methods", "cam,gradcam",
-        "--insertion_deletion_steps", "4", "--eval_batch_size", "5",
+        "scripts/evaluate.py",
+        "--model_name_or_path",
+        str(tmp_path / "model"),
+        "--use_cpu",
+        "--synthetic_num_train",
+        "48",
+        "--synthetic_num_val",
+        "16",
+        "--synthetic_num_test",
+        "16",
+        "--synthetic_num_classes",
+        "4",
+        "--image_size",
+        "32",
+        "--eval_size",
+        "64",
+        "--methods",
+        "cam,gradcam",
+        "--insertion_deletion_steps",
+        "4",
+        "--eval_batch_size",
+        "5",
     ]
     env = {**os.environ, "HF_DUALSIG_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, *common, "--output_dir", str(tmp_path / "one")],
-                         cwd=REPO, env=env, capture_output=True, text=True)
+    one = subprocess.run(
+        [sys.executable, *common, "--output_dir", str(tmp_path / "one")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                          *common, "--output_dir", str(tmp_path / "two")], cwd=REPO, env=env, capture_output=True, text=True)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            *common,
+            "--output_dir",
+            str(tmp_path / "two"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     results = [json.loads((tmp_path / n / "results.json").read_text()) for n in ("one", "two")]
     assert results[0]["num_images"] == results[1]["num_images"] == 16

@@ -31,14 +31,28 @@ parser.add_argument("--resume", action="store_true")
 parser.add_argument("--no_cache", action="store_true")
 args = parser.parse_args()
 splits = load_synthetic_wsol(SMALL_SYNTHETIC)
-dual = DualSigmoidForImageClassification.from_classifier(AutoModelForImageClassification.from_pretrained(args.classifier_dir))
+dual = DualSigmoidForImageClassification.from_classifier(
+    AutoModelForImageClassification.from_pretrained(args.classifier_dir)
+)
 transform = transform_from_processor(AutoImageProcessor.from_pretrained(args.classifier_dir))
 training_args = DualSigTrainingArguments(
-    output_dir=args.output_dir, max_steps=12, per_device_train_batch_size=8, save_strategy="steps", save_steps=4,
-    eval_strategy="no", use_cpu=True, learning_rate=0.1, save_total_limit=None, seed=3,
+    output_dir=args.output_dir,
+    max_steps=12,
+    per_device_train_batch_size=8,
+    save_strategy="steps",
+    save_steps=4,
+    eval_strategy="no",
+    use_cpu=True,
+    learning_rate=0.1,
+    save_total_limit=None,
+    seed=3,
 )
 trainer = DualSigmoidTrainer(
-    dual, training_args, train_dataset=splits["train"], train_transform=transform, use_feature_cache=not args.no_cache,
+    dual,
+    training_args,
+    train_dataset=splits["train"],
+    train_transform=transform,
+    use_feature_cache=not args.no_cache,
     callbacks=[KillAfterSave(args.kill_after_step)] if args.kill_after_step else None,
 )
 trainer.train(resume_from_checkpoint=args.resume or None)

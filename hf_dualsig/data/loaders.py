@@ -57,7 +57,9 @@ def read_wsol_metadata(metadata_dir: str) -> WSOLMetadata:
             if len(row) == 3 and row[2]:
                 ignores[row[0]] = row[2]
         else:
-            raise ValueError(f"localization.txt line {','.join(row)!r}: expected path,x0,y0,x1,y1 or path,mask[,ignore].")
+            raise ValueError(
+                f"localization.txt line {','.join(row)!r}: expected path,x0,y0,x1,y1 or path,mask[,ignore]."
+            )
     missing = [image_id for image_id in image_ids if image_id not in labels]
     if missing:
         raise ValueError(f"class_labels.txt has no label for image id {missing[0]!r} ({len(missing)} missing).")
@@ -159,7 +161,8 @@ def check_split(dataset: Dataset, name: str, num_labels: int) -> Dataset:
     bad = labels[(labels < 0) | (labels >= num_labels)]
     if bad.size:
         raise ValueError(
-            f"the {name} split has labels outside the model's label set [0, {num_labels}): {sorted(set(bad.tolist()))[:10]}."
+            f"the {name} split has labels outside the model's label set [0, {num_labels}): "
+            f"{sorted(set(bad.tolist()))[:10]}."
         )
     raw = dataset.cast_column("image", Image(decode=False))["image"]
     broken = [i for i, image in enumerate(raw) if not _decodes(image)]

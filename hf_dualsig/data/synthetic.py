@@ -63,10 +63,14 @@ def synthetic_features(num_classes: int) -> Features:
     )
 
 
-def load_synthetic_wsol(config: SyntheticWSOLConfig = SyntheticWSOLConfig(), cache_dir: str | None = None) -> DatasetDict:
+def load_synthetic_wsol(
+    config: SyntheticWSOLConfig = SyntheticWSOLConfig(), cache_dir: str | None = None
+) -> DatasetDict:
     """The synthetic set as a `DatasetDict` (train/validation/test), cached on disk by its settings
     (in `cache_dir`, else $HF_DUALSIG_CACHE, else ~/.cache/hf_dualsig)."""
-    cache_dir = cache_dir or os.environ.get("HF_DUALSIG_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hf_dualsig")
+    cache_dir = (
+        cache_dir or os.environ.get("HF_DUALSIG_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hf_dualsig")
+    )
     key = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:12]
     path = os.path.join(cache_dir, f"synthetic_wsol-{key}")
     if os.path.isdir(path):
@@ -76,9 +80,7 @@ def load_synthetic_wsol(config: SyntheticWSOLConfig = SyntheticWSOLConfig(), cac
     features = synthetic_features(config.num_classes)
     dataset = DatasetDict(
         {
-            split: Dataset.from_list(
-                [draw_example(config, offsets[split] + i) for i in range(size)], features=features
-            )
+            split: Dataset.from_list([draw_example(config, offsets[split] + i) for i in range(size)], features=features)
             for split, size in splits.items()
         }
     )
@@ -176,5 +178,7 @@ def _texture(texture: str, yy, xx, radius: float, rng) -> np.ndarray:
     if texture == "checker":
         return 0.6 + 0.4 * ((((xx + phase) // period) + ((yy + phase) // period)) % 2)
     if texture == "dots":
-        return 1.0 - 0.4 * (np.hypot((xx + phase) % period - period / 2, (yy + phase) % period - period / 2) < period / 4)
+        return 1.0 - 0.4 * (
+            np.hypot((xx + phase) % period - period / 2, (yy + phase) % period - period / 2) < period / 4
+        )
     return np.ones_like(xx)

@@ -19,7 +19,9 @@ def class_probabilities(model, pixel_values: torch.Tensor, head: str) -> torch.T
     out = model(pixel_values=pixel_values)
     if head == "sigmoid":
         if getattr(out, "sigmoid_logits", None) is None:
-            raise ValueError("head='sigmoid' needs a DualSigmoidForImageClassification; this model has no sigmoid head.")
+            raise ValueError(
+                "head='sigmoid' needs a DualSigmoidForImageClassification; this model has no sigmoid head."
+            )
         return torch.sigmoid(out.sigmoid_logits)
     return torch.softmax(out.logits, dim=-1)
 

@@ -50,7 +50,9 @@ def check_boxes(boxes, width: int, height: int, name: str) -> np.ndarray:
     bad = (boxes[:, 0] > boxes[:, 2]) | (boxes[:, 1] > boxes[:, 3]) | (boxes < 0).any(1)
     bad |= (boxes[:, 2] > width) | (boxes[:, 3] > height)
     if bad.any():
-        raise ValueError(f"{name}: box {boxes[bad][0].tolist()} lies outside the {width}x{height} image or is inverted.")
+        raise ValueError(
+            f"{name}: box {boxes[bad][0].tolist()} lies outside the {width}x{height} image or is inverted."
+        )
     return boxes
 
 
@@ -146,9 +148,14 @@ class BoxAccuracy:
     def merge(self, other: "BoxAccuracy") -> "BoxAccuracy":
         """Counts of both (e.g. two processes' shards)."""
         return BoxAccuracy(
-            self.interval, self.fixed_threshold, self.first_gt_box_only,
-            self.correct_v1 + other.correct_v1, self.correct_v2 + other.correct_v2,
-            self.gt_known + other.gt_known, self.top1 + other.top1, self.count + other.count,
+            self.interval,
+            self.fixed_threshold,
+            self.first_gt_box_only,
+            self.correct_v1 + other.correct_v1,
+            self.correct_v2 + other.correct_v2,
+            self.gt_known + other.gt_known,
+            self.top1 + other.top1,
+            self.count + other.count,
         )
 
     def compute(self) -> dict:

@@ -31,8 +31,10 @@ def explain_image(image, method: str = "gradcam", target: str = "", model_id: st
     softmax = pipe(image, method=method, head="softmax", target=target_id)
     sigmoid = pipe(image, method=method, head="sigmoid", target=target_id)
     name = pipe.model.config.id2label[softmax["target"]]
-    summary = (f"prediction: {softmax['label']}; explained class: {name}; softmax p = {softmax['softmax_score']:.3f}, "
-               f"sigmoid p = {sigmoid['sigmoid_score']:.3f}")
+    summary = (
+        f"prediction: {softmax['label']}; explained class: {name}; softmax p = {softmax['softmax_score']:.3f}, "
+        f"sigmoid p = {sigmoid['sigmoid_score']:.3f}"
+    )
     return softmax["overlay"], sigmoid["overlay"], summary
 
 

@@ -37,10 +37,20 @@ class MaxBoxAcc(evaluate.Metric):
         correct_class = [True] * len(predictions) if correct_class is None else correct_class
         return super().add_batch(predictions=predictions, references=references, correct_class=correct_class, **kwargs)
 
-    def _compute(self, predictions, references, correct_class, cam_threshold_interval=0.001, fixed_threshold=0.2,
-                 first_gt_box_only=False):
+    def _compute(
+        self,
+        predictions,
+        references,
+        correct_class,
+        cam_threshold_interval=0.001,
+        fixed_threshold=0.2,
+        first_gt_box_only=False,
+    ):
         accuracy = BoxAccuracy(cam_threshold_interval, fixed_threshold, first_gt_box_only)
         for i, (score_map, boxes, correct) in enumerate(zip(predictions, references, correct_class)):
-            accuracy.add(check_score_map(np.asarray(score_map, np.float32), f"prediction {i}"),
-                         np.asarray(boxes, np.int64), bool(correct))
+            accuracy.add(
+                check_score_map(np.asarray(score_map, np.float32), f"prediction {i}"),
+                np.asarray(boxes, np.int64),
+                bool(correct),
+            )
         return accuracy.compute()
