@@ -90,70 +90,36 @@ def test_evaluation_reports_both_heads_and_the_bce(tiny_classifier_dir, syntheti
     assert metrics["eval_loss"] == pytest.approx(out.loss.item(), rel=1e-4)
 
 
-def test_two_processes_match_one_process(tiny_classifier_dir, tmp_path):
-    common = [
-        "--stage",
-        "sigmoid",
-        "--model_name_or_path",
-        str(tiny_classifier_dir),
-        "--use_cpu",
-        "--synthetic_num_train",
-        "48",
-        "--synthetic_num_val",
-        "16",
-        "--synthetic_num_test",
-        "16",
-        "--synthetic_num_classes",
-        "4",
-        "--image_size",
-        "32",
-        "--num_train_epochs",
-        "2",
-        "--eval_strategy",
-        "no",
-        "--save_strategy",
-        "no",
-        "--learning_rate",
-        "0.1",
-    ]
+def _run_in_one_and_two_processes(script_args, one_args, two_args, tmp_path):
+    """Run a script (arguments start with its path) in one process and under a 2-process gloo launch."""
     env = {**os.environ, "HF_DUALSIG_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    one = subprocess.run(
-        [
-            sys.executable,
-            "scripts/train.py",
-            *common,
-            "--output_dir",
-            str(tmp_path / "one"),
-            "--per_device_train_batch_size",
-            "16",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    runs = []
+    for prefix, extra in (([sys.executable], one_args), (launch, two_args)):
+        run_ = subprocess.run([*prefix, *script_args, *extra], cwd=REPO, env=env, capture_output=True, text=True)
+        assert run_.returncode == 0, run_.stderr[-3000:]
+        runs.append(run_)
+    return runs
+
+
+SMALL_SET_ARGS = [
+    "--use_cpu", "--synthetic_num_train", "48", "--synthetic_num_val", "16", "--synthetic_num_test", "16",
+    "--synthetic_num_classes", "4", "--image_size", "32",
+]  # fmt: skip
+
+
+def test_two_processes_match_one_process(tiny_classifier_dir, tmp_path):
+    script = [
+        "scripts/train.py", "--stage", "sigmoid", "--model_name_or_path", str(tiny_classifier_dir), *SMALL_SET_ARGS,
+        "--num_train_epochs", "2", "--eval_strategy", "no", "--save_strategy", "no", "--learning_rate", "0.1",
+        "--evaluate_after_training", "False",
+    ]  # fmt: skip
+    one, two = _run_in_one_and_two_processes(
+        script,
+        ["--output_dir", str(tmp_path / "one"), "--per_device_train_batch_size", "16"],
+        ["--output_dir", str(tmp_path / "two"), "--per_device_train_batch_size", "8"],
+        tmp_path,
     )
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "scripts/train.py",
-            *common,
-            "--output_dir",
-            str(tmp_path / "two"),
-            "--per_device_train_batch_size",
-            "8",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert two.returncode == 0, two.stderr[-3000:]
     assert '"num_processes": 2' in two.stdout and '"num_processes": 1' in one.stdout
     heads = [
         DualSigmoidForImageClassification.from_pretrained(tmp_path / n).sigmoid_head.state_dict()
@@ -249,57 +215,13 @@ def test_evaluation_in_two_processes_equals_one_process(tiny_classifier_dir, tmp
     )
     dual.save_pretrained(tmp_path / "model")
     T.AutoImageProcessor.from_pretrained(tiny_classifier_dir).save_pretrained(tmp_path / "model")
-    common = [
-        "scripts/evaluate.py",
-        "--model_name_or_path",
-        str(tmp_path / "model"),
-        "--use_cpu",
-        "--synthetic_num_train",
-        "48",
-        "--synthetic_num_val",
-        "16",
-        "--synthetic_num_test",
-        "16",
-        "--synthetic_num_classes",
-        "4",
-        "--image_size",
-        "32",
-        "--eval_size",
-        "64",
-        "--methods",
-        "cam,gradcam",
-        "--insertion_deletion_steps",
-        "4",
-        "--eval_batch_size",
-        "5",
-    ]
-    env = {**os.environ, "HF_DUALSIG_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    one = subprocess.run(
-        [sys.executable, *common, "--output_dir", str(tmp_path / "one")],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
+    script = [
+        "scripts/evaluate.py", "--model_name_or_path", str(tmp_path / "model"), *SMALL_SET_ARGS, "--eval_size", "64",
+        "--methods", "cam,gradcam", "--insertion_deletion_steps", "4", "--eval_batch_size", "5",
+    ]  # fmt: skip
+    _run_in_one_and_two_processes(
+        script, ["--output_dir", str(tmp_path / "one")], ["--output_dir", str(tmp_path / "two")], tmp_path
     )
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            *common,
-            "--output_dir",
-            str(tmp_path / "two"),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert two.returncode == 0, two.stderr[-3000:]
     results = [json.loads((tmp_path / n / "results.json").read_text()) for n in ("one", "two")]
     assert results[0]["num_images"] == results[1]["num_images"] == 16
     assert results[0]["methods"] == results[1]["methods"]
