@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from .cam import explain, resize_maps
 from .data.loaders import read_wsol_metadata, union_mask_image
 from .data.transforms import ImageTransform, transform_from_processor
+from .files import write_atomically, write_text
 from .metrics.fidelity import ConfidenceChange, average_drop_scores, insertion_deletion_auc
 from .metrics.wsol import BoxAccuracy, PixelPrecision, check_boxes, check_score_map, rescale_boxes
 
@@ -123,7 +124,8 @@ def evaluate_model(
                 image = rows["image"][i]
                 if scoremap_dir:
                     image_id = rows["image_id"][i] if "image_id" in rows else f"{start + i:06d}"
-                    _save_npy(os.path.join(scoremap_dir, *key, f"{image_id}.npy"), score_map)
+                    path = os.path.join(scoremap_dir, *key, f"{image_id}.npy")
+                    write_atomically(path, lambda tmp: _save_npy(tmp, score_map))
                 if has_boxes:
                     name = f"image {start + i}"
                     boxes = check_boxes(rows["boxes"][i], *image.size, name)
@@ -141,10 +143,8 @@ def evaluate_model(
 
 
 def _save_npy(path: str, array: np.ndarray) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.npy"
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    with open(path, "wb") as handle:  # a handle, so that numpy does not append ".npy" to the temporary name
+        np.save(handle, array)
 
 
 def _mask(image: Image.Image | None, size) -> np.ndarray | None:
@@ -287,20 +287,15 @@ def write_reports(results: dict, output_dir: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    os.makedirs(output_dir, exist_ok=True)
     written = []
 
     def atomic(name, write):
-        path = os.path.join(output_dir, name)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        write(tmp)
-        os.replace(tmp, path)
-        written.append(path)
+        written.append(write_atomically(os.path.join(output_dir, name), write))
 
     curves, pr_curves = results.get("curves", {}), results.get("pr_curves", {})
     summary = {k: v for k, v in results.items() if k not in ("curves", "pr_curves")}
-    atomic("results.json", lambda p: _write_text(p, json.dumps(summary, indent=2)))
-    atomic("results.md", lambda p: _write_text(p, markdown_table(results) + "\n"))
+    atomic("results.json", lambda p: write_text(p, json.dumps(summary, indent=2)))
+    atomic("results.md", lambda p: write_text(p, markdown_table(results) + "\n"))
     if curves:
         taus = np.arange(0, 1, results["settings"]["cam_threshold_interval"])
         fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharey=True)
@@ -324,11 +319,6 @@ def write_reports(results: dict, output_dir: str) -> list[str]:
         atomic("pxap_precision_recall.png", lambda p: fig.savefig(p, format="png", dpi=100))
         plt.close(fig)
     return written
-
-
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w") as handle:
-        handle.write(text)
 
 
 @dataclass
@@ -376,5 +366,7 @@ def run_evaluation(model, processor, dataset, args: EvalArguments, output_dir: s
     if PartialState().is_main_process:
         written = write_reports(results, output_dir)
         print(markdown_table(results))
-        print(f"fidelity scored with the {args.fidelity_head} head's probabilities; reports: {', '.join(written)}")
+        if args.fidelity:
+            print(f"fidelity scored with the {args.fidelity_head} head's probabilities")
+        print(f"reports: {', '.join(written)}")
     return results

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from transformers import EvalPrediction, Trainer, TrainingArguments, default_data_collator
 
 from .data.transforms import ImageClassificationCollator, ImageTransform
+from .files import write_atomically
 from .modeling_dualsig import DualSigmoidForImageClassification
 
 logger = logging.getLogger(__name__)
@@ -86,10 +87,9 @@ def compute_head_inputs(
         labels.append(batch["labels"])
     tensors = {f"head_input_{i}": torch.cat(p) for i, p in enumerate(zip(*parts))} if parts else {}
     tensors["labels"] = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
-    os.makedirs(os.path.dirname(cache_path) or ".", exist_ok=True)
-    tmp = f"{cache_path}.rank{rank}.tmp"
-    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-    os.replace(tmp, f"{cache_path}.rank{rank}")
+    write_atomically(
+        f"{cache_path}.rank{rank}", lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+    )
     state.wait_for_everyone()
     shards = [load_file(f"{cache_path}.rank{r}") for r in range(world)]
     num_heads = len(model.config.head_paths)

@@ -1,10 +1,9 @@
 """Figures people would rather look at than read: overlay grids of CAMs (rows = images, columns = method x head)."""
 
-import os
-
 import torch
 from PIL import Image, ImageDraw
 
+from .files import write_atomically
 from .pipeline_dualsig import overlay
 
 TITLE_HEIGHT = 18
@@ -35,8 +34,4 @@ def overlay_grid(
 
 def save_png(image: Image.Image, path: str) -> str:
     """Write a PNG atomically (temporary file, then rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, lambda tmp: image.save(tmp, format="PNG"))

@@ -17,6 +17,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification, Hf
 
 import hf_dualsig  # noqa: F401  (registers the dual model with the Auto classes)
 from hf_dualsig.evaluation import EvalArguments, evaluate_scoremaps, run_evaluation
+from hf_dualsig.files import write_atomically, write_text
 from hf_dualsig.hub import publish, require_token
 from hf_dualsig.pipeline_train import DataArguments, load_split
 
@@ -40,7 +41,9 @@ def main(argv=None):
             raise SystemExit("--scoremap_dir needs --metadata_dir (the split's folder with image_ids.txt etc.).")
         output_dir = target.output_dir or os.path.join(target.scoremap_dir, "eval")
         results = evaluate_scoremaps(target.scoremap_dir, data.metadata_dir, args.settings(), target.mask_root)
-        _write_json(results, output_dir)
+        path = os.path.join(output_dir, "results.json")
+        write_atomically(path, lambda tmp: write_text(tmp, json.dumps(results, indent=2)))
+        print(f"wrote {path}")
         print(json.dumps(results["scoremaps"], indent=2))
         return
     token = require_token(target.hub_token) if target.push_to_hub else None
@@ -69,15 +72,6 @@ def main(argv=None):
                 token=token,
             )
         )
-
-
-def _write_json(results: dict, output_dir: str) -> None:
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, "results.json")
-    with open(f"{path}.tmp", "w") as handle:
-        json.dump(results, handle, indent=2)
-    os.replace(f"{path}.tmp", path)
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
