@@ -17,7 +17,7 @@ from transformers import AutoModelForImageClassification, ResNetConfig
 from hf_dualsig import DualSigmoidForImageClassification
 from hf_dualsig.data.synthetic import SyntheticWSOLConfig, load_synthetic_wsol
 from hf_dualsig.data.transforms import ImageClassificationCollator, ImageTransform
-from hf_dualsig.pipeline_train import DualSigTrainingArguments
+from hf_dualsig.train_job import DualSigTrainingArguments
 from hf_dualsig.training import DualSigmoidTrainer
 from hf_dualsig.zoo import convnext_small_config
 

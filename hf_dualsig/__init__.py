@@ -3,7 +3,7 @@
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .cam import CAM_METHODS, CAMOutput, explain
+from .cam import CAM_METHODS, CAMMethod, CAMOutput, available_heads, explain
 from .configuration_dualsig import DualSigmoidConfig
 from .modeling_dualsig import DualSigmoidForImageClassification, DualSigmoidOutput
 from .pipeline_dualsig import DualSigmoidCAMPipeline
@@ -18,10 +18,12 @@ if "dualsig-cam" not in PIPELINE_REGISTRY.get_supported_tasks():
 
 __all__ = [
     "CAM_METHODS",
+    "CAMMethod",
     "CAMOutput",
     "DualSigmoidCAMPipeline",
     "DualSigmoidConfig",
     "DualSigmoidForImageClassification",
     "DualSigmoidOutput",
+    "available_heads",
     "explain",
 ]

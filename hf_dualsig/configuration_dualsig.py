@@ -5,6 +5,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 POS_WEIGHT_MODES = ("num_classes_minus_one", "inverse_frequency", "none")
+SIGMOID_HEAD_INITS = ("random", "clone")
 
 
 @strict
@@ -26,6 +27,12 @@ class DualSigmoidConfig(PreTrainedConfig):
             Training-set count of each class, needed by `pos_weight="inverse_frequency"`.
         truncate_negative_weights (`bool`, *optional*, defaults to `True`):
             Clamp negative channel weights at 0 when the CAM engine draws maps from the sigmoid branch.
+        sigmoid_head_init (`str`, *optional*, defaults to `"random"`):
+            How a new sigmoid branch starts: `"random"` (the authors' code: linear weights N(0, 0.01), bias 0) or
+            `"clone"` (a copy of the softmax head's weights).
+        sigmoid_head_trained (`bool`, *optional*, defaults to `False`):
+            Whether the sigmoid branch has been trained (set by `DualSigmoidTrainer`); an untrained branch draws
+            maps from its initial weights.
 
     `num_labels`, `id2label` and `label2id` mirror the backbone config; an override that disagrees is an error.
     """
@@ -38,6 +45,8 @@ class DualSigmoidConfig(PreTrainedConfig):
     pos_weight: str | float | int = "num_classes_minus_one"
     class_counts: list[int] | None = None
     truncate_negative_weights: bool = True
+    sigmoid_head_init: str = "random"
+    sigmoid_head_trained: bool = False
 
     def __post_init__(self, **kwargs):
         requested_num_labels = kwargs.pop("num_labels", None)
@@ -45,6 +54,8 @@ class DualSigmoidConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         self._sync_labels(requested_id2label, requested_num_labels)
         self._validate_pos_weight()
+        if self.sigmoid_head_init not in SIGMOID_HEAD_INITS:
+            raise ValueError(f"sigmoid_head_init={self.sigmoid_head_init!r}: expected one of {SIGMOID_HEAD_INITS}.")
 
     def _sync_labels(self, requested_id2label: dict | None, requested_num_labels: int | None) -> None:
         backbone_labels = {int(k): v for k, v in (self.backbone_config.id2label or {}).items()}

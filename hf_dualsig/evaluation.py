@@ -14,7 +14,7 @@ from accelerate.utils import gather_object
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .cam import explain, resize_maps
+from .cam import CAM_METHODS, HEADS, available_heads, explain, map_recipe, reference_maps
 from .data.loaders import read_wsol_metadata, union_mask_image
 from .data.transforms import ImageTransform, transform_from_processor
 from .files import write_atomically, write_text
@@ -25,19 +25,55 @@ PAPER_METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam")
 
 
 @dataclass
-class EvaluationSettings:
-    """What to compute and how (the protocol of wsolevaluation unless changed)."""
+class EvalArguments:
+    """What to evaluate and how (wsolevaluation's protocol unless changed): the options of scripts/evaluate.py and of
+    the evaluation that ends scripts/train.py. Every value is checked on construction, before any work."""
 
-    methods: tuple[str, ...] = PAPER_METHODS
-    heads: tuple[str, ...] = ("softmax", "sigmoid")
-    eval_size: int = 224
-    cam_threshold_interval: float = 0.001
-    fixed_threshold: float = 0.2
-    first_gt_box_only: bool = False
-    fidelity: bool = True
-    fidelity_head: str = "softmax"
-    insertion_deletion_steps: int = 16
-    batch_size: int = 32
+    test_split: str = field(default="test", metadata={"help": "Split to evaluate."})
+    methods: str = field(default=",".join(PAPER_METHODS), metadata={"help": "Comma-separated CAM methods."})
+    heads: str = field(default="softmax,sigmoid", metadata={"help": "Comma-separated heads."})
+    eval_size: int = field(default=224, metadata={"help": "Resolution of the WSOL metrics (reference: 224)."})
+    cam_threshold_interval: float = field(default=0.001, metadata={"help": "Step of the CAM thresholds in [0, 1)."})
+    fixed_threshold: float = field(default=0.2, metadata={"help": "CAM threshold of Top-1 and GT-known Loc."})
+    first_gt_box_only: bool = field(default=False, metadata={"help": "Top-1/GT-known against the first GT box only."})
+    fidelity: bool = field(default=True, metadata={"help": "Average Drop, Increase in Confidence, insertion/deletion."})
+    fidelity_head: str = field(default="softmax", metadata={"help": "Head whose probabilities score fidelity."})
+    insertion_deletion_steps: int = field(default=16, metadata={"help": "Steps of insertion/deletion (0: skip)."})
+    eval_batch_size: int = field(default=32, metadata={"help": "Images per CAM batch."})
+    save_scoremaps: bool = field(default=False, metadata={"help": "Also save every map as .npy (wsolevaluation)."})
+    max_eval_images: int | None = field(default=None, metadata={"help": "Evaluate the first N images only."})
+    evaluate_after_training: bool = field(
+        default=True, metadata={"help": "scripts/train.py: evaluate the dual model on the test split at the end."}
+    )
+
+    def __post_init__(self):
+        unknown = [m for m in self.method_names if m not in CAM_METHODS]
+        if unknown or not self.method_names:
+            raise ValueError(f"--methods {self.methods!r}: unknown {unknown}; available: {', '.join(CAM_METHODS)}.")
+        bad_heads = [h for h in self.head_names if h not in HEADS]
+        if bad_heads or not self.head_names:
+            raise ValueError(f"--heads {self.heads!r}: expected a comma-separated subset of {', '.join(HEADS)}.")
+        if self.fidelity_head not in HEADS:
+            raise ValueError(f"--fidelity_head {self.fidelity_head!r}: expected one of {', '.join(HEADS)}.")
+        for name in ("eval_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} {getattr(self, name)}: must be a positive integer.")
+        if not 0 < self.cam_threshold_interval < 1:
+            raise ValueError(f"--cam_threshold_interval {self.cam_threshold_interval}: must lie in (0, 1).")
+        if not 0 <= self.fixed_threshold < 1:
+            raise ValueError(f"--fixed_threshold {self.fixed_threshold}: must lie in [0, 1).")
+        if self.insertion_deletion_steps < 0:
+            raise ValueError(f"--insertion_deletion_steps {self.insertion_deletion_steps}: must be >= 0.")
+        if self.max_eval_images is not None and self.max_eval_images < 1:
+            raise ValueError(f"--max_eval_images {self.max_eval_images}: must be a positive integer.")
+
+    @property
+    def method_names(self) -> tuple[str, ...]:
+        return tuple(m.strip() for m in self.methods.split(",") if m.strip())
+
+    @property
+    def head_names(self) -> tuple[str, ...]:
+        return tuple(h.strip() for h in self.heads.split(",") if h.strip())
 
 
 @dataclass
@@ -82,26 +118,26 @@ def _merge_across_processes(local: dict, correct: dict, count: int):
 
 
 def evaluate_model(
-    model, dataset, transform: ImageTransform, settings: EvaluationSettings, scoremap_dir: str | None = None
+    model, dataset, transform: ImageTransform, settings: EvalArguments, scoremap_dir: str | None = None
 ) -> dict:
     """Accuracy of both heads and, per (method, head), the WSOL metrics the dataset supports and fidelity.
 
     Maps are drawn for the ground-truth class (wsolevaluation; Top-1 Loc then needs a correct softmax
-    prediction, so the same maps serve it), upsampled bicubically to `eval_size` and min-max normalised.
+    prediction, so the same maps serve it) and finished at `eval_size` as the reference does per method (CAM signed
+    and bicubic, gradient methods ReLU'd and bilinear; see `cam.map_recipe`), then min-max normalised.
     With `scoremap_dir`, each map is also saved as `<scoremap_dir>/<method>/<head>/<image_id>.npy`.
     """
-    dual = hasattr(model, "sigmoid_head")
-    heads = [h for h in settings.heads if dual or h == "softmax"]
+    heads = [h for h in settings.head_names if h in available_heads(model)]
     size = (settings.eval_size, settings.eval_size)
     counts = {
         (m, h): _Counts(
             BoxAccuracy(settings.cam_threshold_interval, settings.fixed_threshold, settings.first_gt_box_only),
             PixelPrecision(settings.cam_threshold_interval),
         )
-        for m in settings.methods
+        for m in settings.method_names
         for h in heads
     }
-    correct = {h: 0 for h in ("softmax", "sigmoid") if dual or h == "softmax"}
+    correct = {h: 0 for h in available_heads(model)}
     indices = _shard(len(dataset))
     has_boxes = "boxes" in dataset.column_names
     has_masks = "mask" in dataset.column_names
@@ -109,17 +145,19 @@ def evaluate_model(
         raise ValueError("the dataset has neither a `boxes` nor a `mask` column: nothing to localise.")
     model.eval()
     progress = tqdm(total=len(indices), desc="evaluating", disable=not PartialState().is_main_process)
-    for start in range(indices.start, indices.stop, settings.batch_size):
-        rows = dataset[start : min(start + settings.batch_size, indices.stop)]
+    for start in range(indices.start, indices.stop, settings.eval_batch_size):
+        rows = dataset[start : min(start + settings.eval_batch_size, indices.stop)]
         pixels = torch.stack([transform(image) for image in rows["image"]]).to(model.device)
         labels = torch.tensor(rows["label"], device=model.device)
-        out = explain(model, pixels, methods=settings.methods, heads=heads, targets=labels, return_raw=True)
+        out = explain(
+            model, pixels, methods=settings.method_names, heads=heads, targets=labels, recipe="reference", return_raw=True
+        )
         predictions = {h: logits.argmax(-1) for h, logits in out.logits.items()}
         for h in correct:
             correct[h] += int((predictions[h] == labels).sum())
         hit = (predictions["softmax"] == labels).cpu().numpy()
         for key, raw in out.raw_maps.items():
-            wsol_maps = resize_maps(raw, size, "bicubic").cpu().numpy()
+            wsol_maps = reference_maps(key[0], raw, size).cpu().numpy()
             for i, score_map in enumerate(wsol_maps):
                 image = rows["image"][i]
                 if scoremap_dir:
@@ -154,7 +192,7 @@ def _mask(image: Image.Image | None, size) -> np.ndarray | None:
     return array > 0.5
 
 
-def _add_fidelity(counts: _Counts, model, pixels, maps, labels, settings: EvaluationSettings) -> None:
+def _add_fidelity(counts: _Counts, model, pixels, maps, labels, settings: EvalArguments) -> None:
     original, explained = average_drop_scores(model, pixels, maps, labels, settings.fidelity_head)
     counts.confidence.add(original, explained)
     if settings.insertion_deletion_steps:
@@ -165,7 +203,7 @@ def _add_fidelity(counts: _Counts, model, pixels, maps, labels, settings: Evalua
         counts.deletion += float(deletion.sum())
 
 
-def _results(counts: dict, correct: dict, total: int, settings: EvaluationSettings, has_boxes: bool) -> dict:
+def _results(counts: dict, correct: dict, total: int, settings: EvalArguments, has_boxes: bool) -> dict:
     if total == 0:
         raise ValueError("no image to evaluate.")
     results = {"top1_cls": {h: 100 * c / total for h, c in correct.items()}, "num_images": total, "methods": {}}
@@ -191,7 +229,7 @@ def _results(counts: dict, correct: dict, total: int, settings: EvaluationSettin
     results["settings"] = {
         **{k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()},
         "target_class": "ground truth",
-        "map_upsampling": "bicubic",
+        "map_recipes": {m: map_recipe(m) for m in settings.method_names},
         "fidelity_probabilities": f"{settings.fidelity_head} head",
         "top1_gt_known_boxes": "first GT box" if settings.first_gt_box_only else "any GT box",
         "piou_definition": "max over thresholds of TP / (TP + FP + FN), in %",
@@ -200,7 +238,7 @@ def _results(counts: dict, correct: dict, total: int, settings: EvaluationSettin
 
 
 def evaluate_scoremaps(
-    scoremap_dir: str, metadata_dir: str, settings: EvaluationSettings, mask_root: str | None = None
+    scoremap_dir: str, metadata_dir: str, settings: EvalArguments, mask_root: str | None = None
 ) -> dict:
     """Score precomputed maps (`<scoremap_dir>/<image_id>.npy`, wsolevaluation layout, eval_size square, values in
     [0, 1]) against metadata, with no model: MaxBoxAcc family from boxes, PxAP from masks."""
@@ -321,48 +359,12 @@ def write_reports(results: dict, output_dir: str) -> list[str]:
     return written
 
 
-@dataclass
-class EvalArguments:
-    """Command-line options of the evaluation (scripts/evaluate.py, and the end of scripts/train.py)."""
-
-    test_split: str = field(default="test", metadata={"help": "Split to evaluate."})
-    methods: str = field(default=",".join(PAPER_METHODS), metadata={"help": "Comma-separated CAM methods."})
-    heads: str = field(default="softmax,sigmoid", metadata={"help": "Comma-separated heads."})
-    eval_size: int = field(default=224, metadata={"help": "Resolution of the WSOL metrics (reference: 224)."})
-    cam_threshold_interval: float = 0.001
-    fixed_threshold: float = field(default=0.2, metadata={"help": "CAM threshold of Top-1 and GT-known Loc."})
-    first_gt_box_only: bool = field(default=False, metadata={"help": "Top-1/GT-known against the first GT box only."})
-    fidelity: bool = field(default=True, metadata={"help": "Average Drop, Increase in Confidence, insertion/deletion."})
-    fidelity_head: str = field(default="softmax", metadata={"help": "Head whose probabilities score fidelity."})
-    insertion_deletion_steps: int = field(default=16, metadata={"help": "Steps of insertion/deletion (0: skip)."})
-    eval_batch_size: int = 32
-    save_scoremaps: bool = field(default=False, metadata={"help": "Also save every map as .npy (wsolevaluation)."})
-    max_eval_images: int | None = field(default=None, metadata={"help": "Evaluate the first N images only."})
-    evaluate_after_training: bool = field(
-        default=True, metadata={"help": "scripts/train.py: evaluate the dual model on the test split at the end."}
-    )
-
-    def settings(self) -> EvaluationSettings:
-        return EvaluationSettings(
-            methods=tuple(m.strip() for m in self.methods.split(",") if m.strip()),
-            heads=tuple(h.strip() for h in self.heads.split(",") if h.strip()),
-            eval_size=self.eval_size,
-            cam_threshold_interval=self.cam_threshold_interval,
-            fixed_threshold=self.fixed_threshold,
-            first_gt_box_only=self.first_gt_box_only,
-            fidelity=self.fidelity,
-            fidelity_head=self.fidelity_head,
-            insertion_deletion_steps=self.insertion_deletion_steps,
-            batch_size=self.eval_batch_size,
-        )
-
-
 def run_evaluation(model, processor, dataset, args: EvalArguments, output_dir: str) -> dict:
     """Evaluate, then (main process) write results.json, results.md and plots to `output_dir` and print the table."""
     if args.max_eval_images is not None:
         dataset = dataset.select(range(min(args.max_eval_images, len(dataset))))
     scoremaps = os.path.join(output_dir, "scoremaps") if args.save_scoremaps else None
-    results = evaluate_model(model, dataset, transform_from_processor(processor), args.settings(), scoremaps)
+    results = evaluate_model(model, dataset, transform_from_processor(processor), args, scoremaps)
     if PartialState().is_main_process:
         written = write_reports(results, output_dir)
         print(markdown_table(results))

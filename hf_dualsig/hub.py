@@ -11,12 +11,12 @@ import torch
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
 from transformers import pipeline
 
-from .cam import explain
+from .cam import available_heads, explain
 from .data.transforms import transform_from_processor
 from .evaluation import markdown_table
 from .viz import overlay_grid, save_png
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "dualsig_card.md"
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "dualsig_card.md"  # ships in the wheel
 CARD_METRICS = {
     "top1_loc": "Top-1 Loc",
     "gt_known_loc": "GT-known Loc",
@@ -83,7 +83,8 @@ def build_card(
     """The model card: metadata with model-index results, the method, results table, usage, gallery, training."""
     if not Path(template_path).is_file():
         raise ValueError(
-            f"card template not found at {template_path}; pass template_path=<model_cards/dualsig_card.md>."
+            f"card template not found at {template_path}; pass template_path= a Jinja card template "
+            "(hf_dualsig/templates/dualsig_card.md is the default)."
         )
     settings = (results or {}).get("settings", {})
     data = ModelCardData(
@@ -119,6 +120,7 @@ def stage(
     processor,
     stage_dir: str,
     repo_id: str,
+    *,
     results: dict | None = None,
     gallery_images: list | None = None,
     gallery_titles: list[str] | None = None,
@@ -138,8 +140,8 @@ def stage(
     if results:
         with open(os.path.join(tmp, "results.json"), "w") as handle:
             json.dump({k: v for k, v in results.items() if k not in ("curves", "pr_curves")}, handle, indent=2)
+    maps = _maps(model, processor, gallery_images) if gallery_images else None
     if gallery_images:
-        maps = _maps(model, processor, gallery_images)
         save_png(overlay_grid(gallery_images, maps, gallery_titles), os.path.join(tmp, "maps", "gallery.png"))
         gallery.append(
             {
@@ -147,8 +149,9 @@ def stage(
                 "caption": "Each row: the image, then CAM and Grad-CAM from the softmax head and the sigmoid branch.",
             }
         )
-    if scoremap_images:
-        _save_scoremaps(model, processor, scoremap_images, os.path.join(tmp, "maps"))
+    if scoremap_images is not None:
+        same = scoremap_images is gallery_images
+        _save_scoremaps(maps if same else _maps(model, processor, scoremap_images), os.path.join(tmp, "maps"))
     card = build_card(model, repo_id, results, gallery, training, base_model, dataset_name)
     card.save(os.path.join(tmp, "README.md"))
     if os.path.exists(stage_dir):
@@ -164,18 +167,19 @@ def stage(
 def _maps(model, processor, images) -> dict:
     transform = transform_from_processor(processor)
     pixels = torch.stack([transform(image) for image in images]).to(model.device)
-    heads = ["softmax", "sigmoid"] if hasattr(model, "sigmoid_head") else ["softmax"]
+    heads = list(available_heads(model))
     return {k: v.cpu() for k, v in explain(model, pixels, methods=list(GALLERY_METHODS), heads=heads).items()}
 
 
-def _save_scoremaps(model, processor, images, folder: str) -> None:
-    maps = _maps(model, processor, images)
+def _save_scoremaps(maps: dict, folder: str) -> None:
+    """The maps as float16 arrays in one compressed .npz, with a JSON index."""
+    images = len(next(iter(maps.values())))
     arrays = {f"{method}__{head}": value.numpy().astype(np.float16) for (method, head), value in maps.items()}
     os.makedirs(folder, exist_ok=True)
     np.savez_compressed(os.path.join(folder, "scoremaps.npz"), **arrays)
     index = {
         "arrays": {k: list(v.shape) for k, v in arrays.items()},
-        "images": len(images),
+        "images": images,
         "layout": "array[image index, height, width], values in [0, 1], float16",
     }
     with open(os.path.join(folder, "scoremaps_index.json"), "w") as handle:
@@ -213,6 +217,7 @@ def publish(
     processor,
     repo_id: str,
     stage_dir: str,
+    *,
     results: dict | None = None,
     gallery_dataset=None,
     num_gallery: int = 4,
@@ -240,13 +245,13 @@ def publish(
         processor,
         stage_dir,
         repo_id,
-        results,
-        images,
-        titles,
-        images if save_scoremaps else None,
-        training,
-        base_model,
-        dataset_name,
+        results=results,
+        gallery_images=images,
+        gallery_titles=titles,
+        scoremap_images=images if save_scoremaps else None,
+        training=training,
+        base_model=base_model,
+        dataset_name=dataset_name,
     )
     commit = None
     if not dry_run:

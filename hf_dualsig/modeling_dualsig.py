@@ -5,6 +5,7 @@ where the `hf_dualsig` package is not installed.
 """
 
 import copy
+import logging
 import os
 from dataclasses import dataclass
 
@@ -20,6 +21,9 @@ from .cam import CAMOutput, explain
 from .configuration_dualsig import DualSigmoidConfig
 from .losses import class_balanced_bce, resolve_pos_weight
 
+
+logger = logging.getLogger(__name__)
+RANDOM_INIT_STD = 0.01  # the authors' `initialize_weights` for nn.Linear: N(0, 0.01), bias 0
 
 AUTO_MAP = {
     "AutoConfig": "configuration_dualsig.DualSigmoidConfig",
@@ -84,6 +88,8 @@ class DualSigmoidForImageClassification(PreTrainedModel):
         if config.head_paths is None:
             config.head_paths = list(self.adapter.head_paths)
         self.sigmoid_head = nn.ModuleList(copy.deepcopy(head) for head in self.softmax_heads)
+        for tensor in [*self.sigmoid_head.modules(), *self.sigmoid_head.parameters(), *self.sigmoid_head.buffers()]:
+            tensor.__dict__.pop("_is_hf_initialized", None)  # copied flags would stop `_init_weights` from running
         self._freeze_classifier()
         self.post_init()
 
@@ -91,9 +97,11 @@ class DualSigmoidForImageClassification(PreTrainedModel):
     def from_classifier(
         cls, classifier: PreTrainedModel | str | os.PathLike, config_kwargs: dict | None = None, **load_kwargs
     ) -> "DualSigmoidForImageClassification":
-        """Wrap a trained classifier (instance, hub id or local path): clone its head, freeze everything else.
+        """Wrap a trained classifier (instance, hub id or local path): add a sigmoid head of its head's shape,
+        initialised as `config.sigmoid_head_init` says (default: N(0, 0.01) weights, zero bias, from torch's global
+        generator), and freeze everything else.
 
-        `config_kwargs` go to [`DualSigmoidConfig`] (`pos_weight`, `truncate_negative_weights`, ...);
+        `config_kwargs` go to [`DualSigmoidConfig`] (`pos_weight`, `sigmoid_head_init`, ...);
         `load_kwargs` go to `AutoModelForImageClassification.from_pretrained` when a hub id or path is given.
         The classifier instance is copied, never modified.
         """
@@ -112,13 +120,37 @@ class DualSigmoidForImageClassification(PreTrainedModel):
         config = DualSigmoidConfig(backbone_config=backbone_config, **(config_kwargs or {}))
         with no_init_weights():
             model = cls(config, classifier=copy.deepcopy(classifier))
+        model.reset_sigmoid_head()
         return model.to(classifier.device)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        model = super().from_pretrained(*args, **kwargs)
+        """Load a dual checkpoint. One without sigmoid-head weights gets a copy of its softmax head (a warning says
+        so), whatever `sigmoid_head_init` says: the branch of a checkpoint is never random by accident."""
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        if any(key.startswith("sigmoid_head.") for key in info["missing_keys"]):
+            logger.warning("The checkpoint has no sigmoid-head weights: the branch starts as a copy of the softmax head.")
+            model.reset_sigmoid_head("clone")
+            model.config.sigmoid_head_trained = False
         model._freeze_classifier()  # loading may replace parameters, dropping their requires_grad flags
-        return model
+        return (model, info) if wants_info else model
+
+    @torch.no_grad()
+    def reset_sigmoid_head(self, init: str | None = None) -> None:
+        """Re-initialise the sigmoid branch: `"random"` (linear weights N(0, 0.01), biases 0; other parameters copied
+        from the softmax head) or `"clone"` (the softmax head's weights); default `config.sigmoid_head_init`."""
+        init = init or self.config.sigmoid_head_init
+        if init not in ("random", "clone"):
+            raise ValueError(f"init={init!r}: expected 'random' or 'clone'.")
+        for sigmoid_head, softmax_head in zip(self.sigmoid_head, self.softmax_heads):
+            sigmoid_head.load_state_dict(softmax_head.state_dict())
+            if init == "random":
+                for module in sigmoid_head.modules():
+                    if isinstance(module, nn.Linear):
+                        module.weight.normal_(0.0, RANDOM_INIT_STD)
+                        if module.bias is not None:
+                            module.bias.zero_()
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         """Save weights (safetensors), config and the code files, so that `AutoModel`,
@@ -148,9 +180,15 @@ class DualSigmoidForImageClassification(PreTrainedModel):
         return self
 
     def _init_weights(self, module: nn.Module) -> None:
-        """A sigmoid-head module without weights starts as a copy of its softmax twin, never at random."""
+        """A sigmoid-head module starts as `config.sigmoid_head_init` says: linear layers N(0, 0.01) with zero bias
+        ("random"), anything else (and everything with "clone") as a copy of its softmax twin."""
         twin = self._softmax_twin(module)
         if twin is None:
+            return
+        if isinstance(module, nn.Linear) and self.config.sigmoid_head_init == "random":
+            init.normal_(module.weight, 0.0, RANDOM_INIT_STD)
+            if module.bias is not None:
+                init.zeros_(module.bias)
             return
         for name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
             init.copy_(tensor, getattr(twin, name))

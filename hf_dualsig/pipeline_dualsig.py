@@ -11,7 +11,7 @@ from PIL import Image
 from transformers import Pipeline
 from transformers.image_utils import load_image
 
-from .cam import explain
+from .cam import available_heads, explain
 
 
 def colorize(saliency: np.ndarray) -> np.ndarray:
@@ -55,7 +55,7 @@ class DualSigmoidCAMPipeline(Pipeline):
         return {"pixel_values": inputs["pixel_values"], "image": image}
 
     def _forward(self, model_inputs, method="gradcam", head=None, target=None):
-        head = head or ("sigmoid" if hasattr(self.model, "sigmoid_head") else "softmax")
+        head = head or available_heads(self.model)[-1]
         out = explain(self.model, model_inputs["pixel_values"], methods=[method], heads=[head], targets=target)
         return {"out": out, "key": (method, head), "image": model_inputs["image"]}
 

@@ -172,6 +172,13 @@ class DualSigmoidTrainer(Trainer):
         )
 
 
+    def train(self, *args, **kwargs):
+        """Train the sigmoid branch; afterwards the config records that it was trained (`sigmoid_head_trained`)."""
+        output = super().train(*args, **kwargs)
+        self.model.config.sigmoid_head_trained = True
+        return output
+
+
 def _decide_feature_cache(requested: bool | None, transform: ImageTransform) -> bool:
     if requested and transform.augment:
         raise ValueError(

@@ -19,7 +19,7 @@ import hf_dualsig  # noqa: F401  (registers the dual model with the Auto classes
 from hf_dualsig.evaluation import EvalArguments, evaluate_scoremaps, run_evaluation
 from hf_dualsig.files import write_atomically, write_text
 from hf_dualsig.hub import publish, require_token
-from hf_dualsig.pipeline_train import DataArguments, load_split
+from hf_dualsig.data.splits import DataArguments, load_split
 
 
 @dataclass
@@ -65,8 +65,8 @@ def main(argv=None):
                 processor,
                 target.hub_model_id,
                 os.path.join(output_dir, "hub"),
-                results,
-                dataset,
+                results=results,
+                gallery_dataset=dataset,
                 base_model=target.model_name_or_path,
                 dataset_name=data.dataset,
                 token=token,

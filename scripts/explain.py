@@ -16,9 +16,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from hf_dualsig import explain
+from hf_dualsig import available_heads, explain
 from hf_dualsig.data.transforms import transform_from_processor
-from hf_dualsig.pipeline_train import DataArguments, load_split
+from hf_dualsig.data.splits import DataArguments, load_split
 from hf_dualsig.viz import overlay_grid, save_png
 
 SKIMAGE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera")
@@ -27,7 +27,7 @@ DEFAULT_CHECKPOINT = "outputs/convnext-dualsig"
 
 def render(model, processor, images, titles, methods, heads, output, batch_size=8) -> str:
     """Explain `images` in batches and save one grid PNG."""
-    heads = [h for h in heads if h == "softmax" or hasattr(model, "sigmoid_head")]
+    heads = [h for h in heads if h in available_heads(model)]
     transform = transform_from_processor(processor)
     maps = {}
     for start in tqdm(range(0, len(images), batch_size), desc=f"explaining -> {output}"):

@@ -14,7 +14,7 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification, Hf
 
 import hf_dualsig  # noqa: F401  (registers the dual model with the Auto classes)
 from hf_dualsig.hub import publish, require_token
-from hf_dualsig.pipeline_train import DataArguments, load_split
+from hf_dualsig.data.splits import DataArguments, load_split
 
 
 @dataclass
@@ -51,18 +51,18 @@ def main(argv=None):
         processor,
         push.repo_id,
         push.stage_dir or os.path.join(push.checkpoint, "hub"),
-        results,
-        gallery,
-        push.num_gallery,
-        training,
-        push.base_model,
-        data.dataset,
-        push.dry_run,
-        token,
-        push.private,
-        push.revision,
-        push.commit_message,
-        push.save_scoremaps,
+        results=results,
+        gallery_dataset=gallery,
+        num_gallery=push.num_gallery,
+        training=training,
+        base_model=push.base_model,
+        dataset_name=data.dataset,
+        dry_run=push.dry_run,
+        token=token,
+        private=push.private,
+        revision=push.revision,
+        commit_message=push.commit_message,
+        save_scoremaps=push.save_scoremaps,
     )
     print(json.dumps(outcome, indent=2))
 

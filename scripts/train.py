@@ -12,7 +12,8 @@ import sys
 from transformers import HfArgumentParser
 
 from hf_dualsig.evaluation import EvalArguments
-from hf_dualsig.pipeline_train import DataArguments, DualSigTrainingArguments, ModelArguments, run
+from hf_dualsig.data.splits import DataArguments
+from hf_dualsig.train_job import DualSigTrainingArguments, ModelArguments, run
 
 
 def main(argv=None):

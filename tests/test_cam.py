@@ -66,7 +66,7 @@ def test_maps_equal_pytorch_grad_cam_on_both_heads(family):
         for head in ("softmax", "sigmoid"):
             oracle = oracle_class(model=HeadLogits(dual, head), target_layers=[layer], reshape_transform=reshape)
             expected = oracle(input_tensor=x.clone().requires_grad_(True), targets=targets)
-            raw = out.raw_maps[(method, head)].numpy()
+            raw = np.maximum(out.raw_maps[(method, head)].numpy(), 0)  # pytorch-grad-cam's ReLU
             if method == "eigencam":  # the principal direction's sign is arbitrary; ours follows the activations
                 activations = _activations(dual, layer, x, reshape)
                 projection = get_2d_projection(activations.copy())
@@ -103,24 +103,77 @@ def test_truncation_clamps_channel_weights_of_the_sigmoid_head_only():
         expected = oracle_class(model=HeadLogits(dual, head), target_layers=[layer])(
             input_tensor=x.clone().requires_grad_(True), targets=targets
         )
-        ours = scale_cam_image(scale_cam_image(out.raw_maps[("gradcam", head)].numpy(), (32, 32)))
+        ours = scale_cam_image(scale_cam_image(np.maximum(out.raw_maps[("gradcam", head)].numpy(), 0), (32, 32)))
         np.testing.assert_allclose(ours, expected, atol=1e-4, err_msg=head)
 
 
-def test_cam_is_the_closed_form_for_gap_linear_heads():
+def _cam_by_hand(dual, x, head, targets):
+    """mean over channels of w_c A_c (no bias, no ReLU), with w = max(w, 0) for the sigmoid head."""
+    layer = resolve_module(dual.classifier, "resnet.encoder.stages.-1")
+    features = _activations(dual, layer, x, None)
+    linear = (dual.sigmoid_head[0] if head == "sigmoid" else dual.classifier.classifier)[1]
+    weight = linear.weight.detach().numpy()[targets]
+    weight = np.maximum(weight, 0) if head == "sigmoid" else weight
+    return np.einsum("bc,bchw->bhw", weight, features) / features.shape[1]
+
+
+def test_cam_is_the_signed_closed_form_for_gap_linear_heads():
     dual = _dual("resnet")
     x = _pixels()
-    for head, truncate in (("softmax", False), ("sigmoid", True)):
-        out = explain(dual, x, methods=["cam"], heads=[head], return_raw=True)
-        layer = resolve_module(dual.classifier, out.target_layer)
-        features = _activations(dual, layer, x, None)
-        linear = (dual.sigmoid_head[0] if head == "sigmoid" else dual.classifier.classifier)[1]
-        weight = linear.weight.detach().numpy()[out.targets.numpy()]
-        weight = np.maximum(weight, 0) if truncate else weight
-        bias = linear.bias.detach().numpy()[out.targets.numpy()]
-        hw = features.shape[2] * features.shape[3]
-        expected = np.maximum((np.einsum("bc,bchw->bhw", weight, features) + bias[:, None, None]) / hw, 0)
+    with torch.no_grad():
+        least_likely = dual(x).logits.argmin(-1)  # its evidence is mostly negative
+    for head in ("softmax", "sigmoid"):
+        out = explain(dual, x, methods=["cam"], heads=[head], targets=least_likely, return_raw=True)
+        expected = _cam_by_hand(dual, x, head, out.targets.numpy())
+        if head == "softmax":
+            assert (expected < 0).any()  # the raw map keeps its sign
         np.testing.assert_allclose(out.raw_maps[("cam", head)].numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_reference_cam_is_opencv_bicubic_of_the_signed_map_then_min_max():
+    import cv2
+
+    from hf_dualsig.cam import reference_maps
+
+    dual = _dual("resnet")
+    x = _pixels()
+    out = explain(dual, x, methods=["cam"], heads=["softmax", "sigmoid"], recipe="reference", return_raw=True)
+    for head in ("softmax", "sigmoid"):
+        signed = _cam_by_hand(dual, x, head, out.targets.numpy())
+        for i, low in enumerate(signed):
+            up = cv2.resize(low, (224, 224), interpolation=cv2.INTER_CUBIC)
+            expected = (up - up.min()) / (up.max() - up.min())
+            ours = reference_maps("cam", out.raw_maps[("cam", head)][i], (224, 224)).numpy()
+            np.testing.assert_allclose(ours, expected, atol=1e-5, err_msg=head)
+            at_input = cv2.resize(low, (32, 32), interpolation=cv2.INTER_CUBIC)
+            expected = (at_input - at_input.min()) / (at_input.max() - at_input.min())
+            np.testing.assert_allclose(out[("cam", head)][i].numpy(), expected, atol=1e-5, err_msg=head)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "xgradcam", "layercam"])
+def test_reference_gradient_maps_are_pytorch_grad_cams_own_output(method):
+    """pytorch-grad-cam's output (ReLU, min-max, OpenCV bilinear resize), min-maxed as the WSOL evaluation does."""
+    dual = _dual("resnet")
+    x = _pixels()
+    out = explain(dual, x, methods=[method], heads=["softmax", "sigmoid"], recipe="reference")
+    layer = resolve_module(dual.classifier, out.target_layer)
+    targets = [ClassifierOutputTarget(int(t)) for t in out.targets]
+    for head in ("softmax", "sigmoid"):
+        oracle_class = ORACLES[method]
+        if head == "sigmoid":  # the sigmoid branch clamps the method's channel weights at 0
+            oracle_class = type("Clamped", (oracle_class,), {"get_cam_weights": _clamped_weights(oracle_class)})
+        expected = oracle_class(model=HeadLogits(dual, head), target_layers=[layer])(
+            input_tensor=x.clone().requires_grad_(True), targets=targets
+        )
+        low, high = expected.min(axis=(1, 2), keepdims=True), expected.max(axis=(1, 2), keepdims=True)
+        np.testing.assert_allclose(out[(method, head)].numpy(), (expected - low) / (high - low), atol=1e-4)
+
+
+def _clamped_weights(oracle_class):
+    def get_cam_weights(self, *args):
+        return np.maximum(oracle_class.get_cam_weights(self, *args), 0)
+
+    return get_cam_weights
 
 
 def test_cam_without_truncation_decomposes_the_logit():
@@ -139,7 +192,9 @@ def test_cam_without_truncation_decomposes_the_logit():
 def outlier_method():
     """A test-only method (the registry is an extension point): how far each location's activation lies from
     the mean activation of the image."""
-    CAM_METHODS["outlier"] = CAMMethod(lambda p: (p.activations - p.activations.mean((2, 3), keepdim=True)).norm(dim=1))
+    CAM_METHODS["outlier"] = CAMMethod(
+        lambda p: (p.activations - p.activations.mean((2, 3), keepdim=True)).norm(dim=1), output="map"
+    )
     yield "outlier"
     del CAM_METHODS["outlier"]
 

@@ -7,7 +7,7 @@ from PIL import Image
 
 from hf_dualsig.data.loaders import load_image_dataset, load_wsol_metadata
 from hf_dualsig.data.synthetic import SyntheticWSOLConfig, draw_example, load_synthetic_wsol
-from hf_dualsig.evaluation import EvaluationSettings, evaluate_scoremaps
+from hf_dualsig.evaluation import EvalArguments, evaluate_scoremaps
 from hf_dualsig.metrics.wsol import BoxAccuracy, PixelPrecision, rescale_boxes
 
 
@@ -125,7 +125,7 @@ def test_scoremap_mode_equals_the_metrics_on_the_same_maps(tmp_path):
     rng = np.random.default_rng(0)
     maps = [rng.random((64, 64)).astype(np.float32) for _ in ids]
     _save_maps(tmp_path / "scoremaps", ids, maps)
-    settings = EvaluationSettings(eval_size=64)
+    settings = EvalArguments(eval_size=64)
     result = evaluate_scoremaps(str(tmp_path / "scoremaps"), str(meta), settings)
     expected = BoxAccuracy()
     for score_map, bs in zip(maps, boxes):
@@ -139,7 +139,7 @@ def test_scoremap_mode_scores_masks(tmp_path):
     meta, ids, _ = _write_layout(tmp_path, with_masks=True)
     maps = [np.full((64, 64), 0.5, np.float32) for _ in ids]
     _save_maps(tmp_path / "scoremaps", ids, maps)
-    result = evaluate_scoremaps(str(tmp_path / "scoremaps"), str(meta), EvaluationSettings(eval_size=64), str(tmp_path))
+    result = evaluate_scoremaps(str(tmp_path / "scoremaps"), str(meta), EvalArguments(eval_size=64), str(tmp_path))
     assert 0 < result["scoremaps"]["pxap"] < 100
 
 
@@ -161,7 +161,7 @@ def test_scoremap_mode_rejects_bad_maps_naming_the_file(tmp_path, corrupt, messa
     else:
         np.save(tmp_path / "scoremaps" / f"{ids[1]}.npy", corrupt(maps[1]))
     with pytest.raises(ValueError, match=message):
-        evaluate_scoremaps(str(tmp_path / "scoremaps"), str(meta), EvaluationSettings(eval_size=64))
+        evaluate_scoremaps(str(tmp_path / "scoremaps"), str(meta), EvalArguments(eval_size=64))
 
 
 def test_bad_metadata_is_named(tmp_path):
@@ -169,10 +169,10 @@ def test_bad_metadata_is_named(tmp_path):
     _save_maps(tmp_path / "scoremaps", ids, [np.zeros((64, 64), np.float32)] * 3)
     (meta / "localization.txt").write_text(f"{ids[0]},4,6,50,30\n")  # x1 = 50 > width 40
     with pytest.raises(ValueError, match="outside the 40x30 image"):
-        evaluate_scoremaps(str(tmp_path / "scoremaps"), str(meta), EvaluationSettings(eval_size=64))
+        evaluate_scoremaps(str(tmp_path / "scoremaps"), str(meta), EvalArguments(eval_size=64))
     (meta / "image_ids.txt").write_text("")
     with pytest.raises(ValueError, match="empty"):
-        evaluate_scoremaps(str(tmp_path / "scoremaps"), str(meta), EvaluationSettings(eval_size=64))
+        evaluate_scoremaps(str(tmp_path / "scoremaps"), str(meta), EvalArguments(eval_size=64))
 
 
 def test_evaluate_modules_load_from_a_local_path_and_match_the_accumulators():

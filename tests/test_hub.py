@@ -63,8 +63,8 @@ def staged(dual_and_processor, synthetic, tmp_path):
         processor,
         "someone/tiny-dualsig",
         str(tmp_path / "stage"),
-        RESULTS,
-        synthetic["test"],
+        results=RESULTS,
+        gallery_dataset=synthetic["test"],
         num_gallery=3,
         dry_run=True,
         save_scoremaps=True,
@@ -180,8 +180,8 @@ def test_upload_sends_exactly_the_staged_files_in_one_commit(dual_and_processor,
             processor,
             "someone/tiny-dualsig",
             str(tmp_path / "stage"),
-            RESULTS,
-            synthetic["test"],
+            results=RESULTS,
+            gallery_dataset=synthetic["test"],
             num_gallery=2,
             private=True,
             commit_message="first push",
@@ -200,9 +200,10 @@ def test_a_missing_token_fails_before_any_work(dual_and_processor, tmp_path, mon
     with pytest.raises(ValueError, match="No Hugging Face token"):
         require_token()
     with pytest.raises(ValueError, match="No Hugging Face token"):
-        publish(dual, processor, "someone/x", str(tmp_path / "stage"), RESULTS)
+        publish(dual, processor, "someone/x", str(tmp_path / "stage"), results=RESULTS)
     assert not (tmp_path / "stage").exists()
-    from hf_dualsig.pipeline_train import DataArguments, DualSigTrainingArguments, ModelArguments, run
+    from hf_dualsig.data.splits import DataArguments
+    from hf_dualsig.train_job import DualSigTrainingArguments, ModelArguments, run
 
     args = DualSigTrainingArguments(output_dir=str(tmp_path / "out"), push_to_hub=True, hub_model_id="someone/x")
     with pytest.raises(ValueError, match="No Hugging Face token"):

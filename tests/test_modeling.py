@@ -21,9 +21,9 @@ def _pixels(batch=2, size=32, seed=0):
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
-def test_conversion_keeps_logits_and_clones_head(family):
+def test_conversion_keeps_logits_and_clone_init_copies_the_head(family):
     classifier = tiny_classifier(family)
-    dual = DualSigmoidForImageClassification.from_classifier(classifier)
+    dual = DualSigmoidForImageClassification.from_classifier(classifier, {"sigmoid_head_init": "clone"})
     x = _pixels()
     with torch.no_grad():
         expected = classifier(x).logits
@@ -32,6 +32,28 @@ def test_conversion_keeps_logits_and_clones_head(family):
     torch.testing.assert_close(out.sigmoid_logits, expected, atol=1e-6, rtol=0)
     assert dual.config.num_labels == classifier.config.num_labels
     assert dual.config.id2label == classifier.config.id2label
+    for sigmoid_head, softmax_head in zip(dual.sigmoid_head, dual.softmax_heads):
+        for key, value in softmax_head.state_dict().items():
+            assert torch.equal(sigmoid_head.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("family", ["resnet", "vit", "timm_resnet"])
+def test_random_init_is_the_authors_normal_0_001_with_zero_bias(family):
+    classifier = tiny_classifier(family, num_labels=200)
+    torch.manual_seed(0)
+    dual = DualSigmoidForImageClassification.from_classifier(classifier)
+    assert dual.config.sigmoid_head_init == "random" and not dual.config.sigmoid_head_trained
+    linear = [m for m in dual.sigmoid_head.modules() if isinstance(m, torch.nn.Linear)][-1]
+    weight = linear.weight.detach()
+    assert weight.numel() >= 3000
+    assert abs(weight.mean().item()) < 3 * 0.01 / weight.numel() ** 0.5  # within 3 standard errors of 0
+    assert weight.std().item() == pytest.approx(0.01, rel=0.05)
+    assert torch.equal(linear.bias.detach(), torch.zeros_like(linear.bias))
+    built = DualSigmoidForImageClassification(dual.config)  # the config path initialises the same way
+    built_weight = [m for m in built.sigmoid_head.modules() if isinstance(m, torch.nn.Linear)][-1].weight
+    assert built_weight.std().item() == pytest.approx(0.01, rel=0.05)
+    with pytest.raises(ValueError, match="sigmoid_head_init"):
+        DualSigmoidForImageClassification.from_classifier(classifier, {"sigmoid_head_init": "xavier"})
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)

@@ -13,7 +13,8 @@ import transformers as T
 
 from hf_dualsig import DualSigmoidForImageClassification
 from hf_dualsig.data.transforms import ImageTransform
-from hf_dualsig.pipeline_train import DataArguments, DualSigTrainingArguments, ModelArguments, run
+from hf_dualsig.data.splits import DataArguments
+from hf_dualsig.train_job import DualSigTrainingArguments, ModelArguments, run
 from hf_dualsig.training import DualSigmoidTrainer
 
 
@@ -22,6 +23,7 @@ TRANSFORM = ImageTransform(32, 32)
 
 
 def _train_head(classifier_dir, synthetic, out, **overrides):
+    torch.manual_seed(0)  # the sigmoid head's random init
     dual = DualSigmoidForImageClassification.from_classifier(
         T.AutoModelForImageClassification.from_pretrained(classifier_dir)
     )
@@ -56,6 +58,7 @@ def test_feature_cache_trains_the_same_head_and_freezes_the_rest(tiny_classifier
     assert trainer.uses_feature_cache
     for key, value in cached.sigmoid_head.state_dict().items():
         torch.testing.assert_close(value, direct.sigmoid_head.state_dict()[key], atol=1e-6, rtol=1e-5)
+    torch.manual_seed(0)
     untouched = DualSigmoidForImageClassification.from_classifier(
         T.AutoModelForImageClassification.from_pretrained(tiny_classifier_dir)
     )

@@ -4,12 +4,14 @@ import argparse
 import os
 import signal
 
+import torch
+
 from transformers import AutoImageProcessor, AutoModelForImageClassification, TrainerCallback
 
 from hf_dualsig import DualSigmoidForImageClassification
 from hf_dualsig.data.synthetic import load_synthetic_wsol
 from hf_dualsig.data.transforms import transform_from_processor
-from hf_dualsig.pipeline_train import DualSigTrainingArguments
+from hf_dualsig.train_job import DualSigTrainingArguments
 from hf_dualsig.training import DualSigmoidTrainer
 from conftest import SMALL_SYNTHETIC
 
@@ -31,6 +33,7 @@ parser.add_argument("--resume", action="store_true")
 parser.add_argument("--no_cache", action="store_true")
 args = parser.parse_args()
 splits = load_synthetic_wsol(SMALL_SYNTHETIC)
+torch.manual_seed(0)  # the sigmoid head's random init
 dual = DualSigmoidForImageClassification.from_classifier(
     AutoModelForImageClassification.from_pretrained(args.classifier_dir)
 )

@@ -4,14 +4,16 @@ MaxBoxAcc (V1: largest contour, IoU 0.5), MaxBoxAccV2 (all contours, IoU 0.3/0.5
 GT-known Loc (fixed threshold), PxAP and PIoU. State is plain counts and histograms that add up across batches
 and processes (`merge`). Maps are normalised score maps in [0, 1] at the evaluation resolution.
 
-Exact speed-up: the binary mask at threshold tau depends only on t = int(tau * max(uint8 map)), so contours are
-computed once per distinct level (<= 255 per image, not 1000), and IoUs are vectorised over boxes.
+Exact speed-up: the binary mask at threshold tau depends only on the level t = int(tau * max(uint8 map)), and the
+contour boxes of every level come from one union-find sweep per kind of contour (`contours`), not from one
+cv2.findContours per threshold; the counts are those of the per-threshold reference (`reference`).
 """
 
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
+
+from .contours import component_sweep, hole_sweep, largest_contour_boxes
 
 IOU_THRESHOLDS = (30, 50, 70)
 
@@ -56,32 +58,6 @@ def check_boxes(boxes, width: int, height: int, name: str) -> np.ndarray:
     return boxes
 
 
-def boxes_at_level(uint8_map: np.ndarray, level: int) -> tuple[np.ndarray, int]:
-    """All contour boxes of `uint8_map > level` (outer and hole contours, RETR_TREE) and the index of the one
-    with the largest polygon area (first wins ties); [[0, 0, 0, 0]] when there is no contour.
-
-    Bounding rectangles and areas are computed for all contours at once from their points: x0 = min x,
-    w = max x - min x + 1 (cv2.boundingRect), area by the shoelace formula (cv2.contourArea); both exact.
-    """
-    height, width = uint8_map.shape
-    foreground = (uint8_map > level).astype(np.uint8)
-    contours, _ = cv2.findContours(foreground, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
-    if not contours:
-        return np.zeros((1, 4), dtype=np.int64), 0
-    lengths = np.fromiter((len(c) for c in contours), dtype=np.int64, count=len(contours))
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    points = np.concatenate(contours).reshape(-1, 2).astype(np.int64)
-    x, y = points[:, 0], points[:, 1]
-    x0, y0 = np.minimum.reduceat(x, starts), np.minimum.reduceat(y, starts)
-    x1 = np.minimum(np.maximum.reduceat(x, starts) + 1, width - 1)
-    y1 = np.minimum(np.maximum.reduceat(y, starts) + 1, height - 1)
-    following = np.arange(len(points)) + 1
-    following[starts + lengths - 1] = starts  # each contour closes on its first point
-    cross = x * y[following] - x[following] * y
-    areas = np.abs(np.add.reduceat(cross, starts))
-    return np.stack([x0, y0, x1, y1], axis=1), int(np.argmax(areas))
-
-
 def box_iou(predicted: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """IoU of every (predicted, gt) pair with inclusive pixels; 0 where the union is empty. Shape (P, G)."""
     p, g = predicted[:, None, :], gt[None, :, :]
@@ -94,17 +70,20 @@ def box_iou(predicted: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def best_ious_per_threshold(score_map: np.ndarray, gt_boxes: np.ndarray, taus: np.ndarray):
-    """For each tau: (best IoU of the largest contour's box, best IoU over all contour boxes) against any GT box."""
-    uint8_map = (score_map * 255).astype(np.uint8)
+def contour_levels(uint8_map: np.ndarray, gt_boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each level t = 0..max(uint8_map): the box of the largest contour of uint8_map > t (V1) and how many of
+    IOU_THRESHOLDS the best contour box reaches with a GT box (V2). The top level has no contour: box [0, 0, 0, 0]."""
     peak = int(uint8_map.max())
-    levels = (taus * peak).astype(np.int64)
-    v1, v2 = np.empty(len(taus)), np.empty(len(taus))
-    for level in np.unique(levels):
-        boxes, largest = boxes_at_level(uint8_map, int(level))
-        ious = box_iou(boxes, gt_boxes).max(axis=1)
-        v1[levels == level], v2[levels == level] = ious[largest], ious.max()
-    return v1, v2
+    gt = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+    iou_thresholds = np.array(IOU_THRESHOLDS) / 100
+    largest = np.zeros((peak + 1, 4), dtype=np.int64)
+    met = np.zeros(peak + 1, dtype=np.int64)
+    if peak:
+        holes, joined = hole_sweep(uint8_map, peak, gt, iou_thresholds)
+        met[:peak] = np.maximum(holes, component_sweep(uint8_map, peak, gt, iou_thresholds))
+        largest[:peak] = largest_contour_boxes(joined, peak)
+    met[peak] = (box_iou(largest[peak:], gt).max() >= iou_thresholds).sum()
+    return largest, met
 
 
 @dataclass
@@ -132,15 +111,17 @@ class BoxAccuracy:
 
     def add(self, score_map: np.ndarray, gt_boxes: np.ndarray, correct_class: bool = True) -> None:
         """One normalised map and its GT boxes (already at the map's resolution)."""
-        taus = thresholds(self.interval)
-        v1, v2 = best_ious_per_threshold(score_map, gt_boxes, taus)
+        uint8_map = (score_map * 255).astype(np.uint8)
+        largest, met = contour_levels(uint8_map, gt_boxes)
+        peak = len(largest) - 1
+        levels = (thresholds(self.interval) * peak).astype(np.int64)
+        v1 = box_iou(largest, gt_boxes).max(axis=1)[levels]
         for i, delta in enumerate(IOU_THRESHOLDS):
             self.correct_v1[i] += v1 >= delta / 100
-            self.correct_v2[i] += v2 >= delta / 100
-        uint8_map = (score_map * 255).astype(np.uint8)
-        boxes, largest = boxes_at_level(uint8_map, int(self.fixed_threshold * int(uint8_map.max())))
+            self.correct_v2[i] += met[levels] > i
+        fixed = min(int(self.fixed_threshold * peak), peak)
         reference = gt_boxes[:1] if self.first_gt_box_only else gt_boxes
-        located = box_iou(boxes[largest : largest + 1], reference).max() >= 0.5
+        located = box_iou(largest[fixed : fixed + 1], reference).max() >= 0.5
         self.gt_known += int(located)
         self.top1 += int(located and correct_class)
         self.count += 1

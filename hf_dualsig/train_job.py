@@ -13,10 +13,11 @@ from transformers import (
     Trainer,
     TrainingArguments,
     ViTImageProcessorPil,
+    set_seed,
 )
 
-from .data.loaders import check_label_names, check_split, load_image_dataset, load_wsol_metadata
-from .data.synthetic import SyntheticWSOLConfig, load_synthetic_wsol
+from .data.loaders import check_label_names, check_split
+from .data.splits import DataArguments, load_split, load_splits
 from .data.transforms import ImageTransform, transform_from_processor
 from .evaluation import EvalArguments, run_evaluation
 from .hub import publish, require_token
@@ -54,32 +55,6 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
-    dataset: str = field(
-        default="synthetic",
-        metadata={
-            "help": "synthetic | wsol (wsolevaluation layout, see --metadata_dir) | a load_dataset path or hub id."
-        },
-    )
-    data_dir: str | None = field(default=None, metadata={"help": "data_dir / image root for load_dataset or wsol."})
-    data_files: str | None = field(default=None, metadata={"help": "data_files for load_dataset (e.g. parquet files)."})
-    metadata_dir: str | None = field(
-        default=None, metadata={"help": "wsol: metadata/<dataset> with one folder per split."}
-    )
-    image_column: str = "image"
-    label_column: str = "label"
-    bbox_column: str | None = None
-    train_split: str = "train"
-    eval_split: str = "validation"
-    image_size: int = field(default=64, metadata={"help": "Input size of the default model and synthetic images."})
-    synthetic_num_train: int = 2000
-    synthetic_num_val: int = 300
-    synthetic_num_test: int = 300
-    synthetic_num_classes: int = 6
-    synthetic_seed: int = 0
-
-
-@dataclass
 class DualSigTrainingArguments(TrainingArguments):
     """TrainingArguments whose defaults run stage 2 on the synthetic set in seconds (paper: SGD, Nesterov)."""
 
@@ -98,35 +73,6 @@ class DualSigTrainingArguments(TrainingArguments):
     logging_steps: int = 20
     report_to: str = "none"
     seed: int = 0
-
-
-def load_split(data: DataArguments, split: str):
-    """One split of the chosen source in the common schema."""
-    if data.dataset == "synthetic":
-        synthetic = load_synthetic_wsol(
-            SyntheticWSOLConfig(
-                num_train=data.synthetic_num_train,
-                num_val=data.synthetic_num_val,
-                num_test=data.synthetic_num_test,
-                image_size=data.image_size,
-                num_classes=data.synthetic_num_classes,
-                seed=data.synthetic_seed,
-            )
-        )
-        if split not in synthetic:
-            raise ValueError(f"split {split!r}: the synthetic set has {list(synthetic)}.")
-        return synthetic[split]
-    if data.dataset == "wsol":
-        if not data.metadata_dir or not data.data_dir:
-            raise ValueError("--dataset wsol needs --metadata_dir (metadata/<dataset>) and --data_dir (image root).")
-        return load_wsol_metadata(os.path.join(data.metadata_dir, split), data.data_dir)
-    kwargs = {k: v for k, v in (("data_dir", data.data_dir), ("data_files", data.data_files)) if v}
-    return load_image_dataset(data.dataset, split, data.image_column, data.label_column, data.bbox_column, **kwargs)
-
-
-def load_splits(data: DataArguments) -> dict:
-    """{"train": ..., "eval": ...} for the training and evaluation splits of the chosen source."""
-    return {"train": load_split(data, data.train_split), "eval": load_split(data, data.eval_split)}
 
 
 def _label_names(dataset) -> list[str]:
@@ -186,6 +132,7 @@ def train_softmax(classifier, processor, splits, model: ModelArguments, args: Tr
 
 def train_sigmoid(classifier, processor, splits, model: ModelArguments, args: TrainingArguments):
     """Stage 2: convert, train the sigmoid branch, save the dual checkpoint (code, weights, processor)."""
+    set_seed(args.seed)  # the sigmoid head's random init: the same on every process and every run
     dual = DualSigmoidForImageClassification.from_classifier(
         classifier, config_kwargs={"pos_weight": _number_or(model.pos_weight)}
     )
@@ -247,8 +194,8 @@ def run(
                 processor,
                 hub["repo_id"],
                 os.path.join(args.output_dir, "hub"),
-                wsol,
-                test,
+                results=wsol,
+                gallery_dataset=test,
                 training=_training_summary(model, data, args),
                 base_model=model.model_name_or_path,
                 dataset_name=data.dataset,
