@@ -79,8 +79,13 @@ def build_card(
     dataset_name: str,
     license: str = "apache-2.0",
     template_path: Path = TEMPLATE,
+    *,
+    space_id: str | None = None,
 ) -> ModelCard:
-    """The model card: metadata with model-index results, the method, results table, usage, gallery, training."""
+    """The model card: metadata with model-index results, the method, results table, usage, gallery, training;
+    with `space_id` (owner/name), a link to the Space that demos the model."""
+    if space_id is not None and len(space_id.split("/")) != 2:
+        raise ValueError(f"space_id={space_id!r}: expected a Space id of the form owner/name.")
     if not Path(template_path).is_file():
         raise ValueError(
             f"card template not found at {template_path}; pass template_path= a Jinja card template "
@@ -112,6 +117,7 @@ def build_card(
         gallery=gallery,
         training=training,
         cam_layer=model.adapter.cam_layer or "the last",
+        space_id=space_id,
     )
 
 
@@ -128,6 +134,7 @@ def stage(
     training: str = "",
     base_model: str | None = None,
     dataset_name: str = "synthetic-wsol",
+    space_id: str | None = None,
 ) -> str:
     """Write everything a Hub repo holds into `stage_dir` (replaced atomically): weights (safetensors), config with
     auto_map and the custom pipeline, the shipped code, the image processor, README.md, results.json, maps/
@@ -152,7 +159,7 @@ def stage(
     if scoremap_images is not None:
         same = scoremap_images is gallery_images
         _save_scoremaps(maps if same else _maps(model, processor, scoremap_images), os.path.join(tmp, "maps"))
-    card = build_card(model, repo_id, results, gallery, training, base_model, dataset_name)
+    card = build_card(model, repo_id, results, gallery, training, base_model, dataset_name, space_id=space_id)
     card.save(os.path.join(tmp, "README.md"))
     if os.path.exists(stage_dir):
         old = f"{stage_dir}.old-{os.getpid()}"
@@ -230,6 +237,7 @@ def publish(
     revision: str | None = None,
     commit_message: str | None = None,
     save_scoremaps: bool = False,
+    space_id: str | None = None,
 ) -> dict:
     """Stage the checkpoint with its card and maps (gallery from the first `num_gallery` rows of `gallery_dataset`),
     then upload unless `dry_run`. The token is checked before any work."""
@@ -252,6 +260,7 @@ def publish(
         training=training,
         base_model=base_model,
         dataset_name=dataset_name,
+        space_id=space_id,
     )
     commit = None
     if not dry_run:

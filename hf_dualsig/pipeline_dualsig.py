@@ -11,7 +11,35 @@ from PIL import Image
 from transformers import Pipeline
 from transformers.image_utils import load_image
 
-from .cam import available_heads, explain
+from .backbones import get_adapter
+from .cam import CAM_METHODS, available_heads, explain
+
+
+def supported_methods(model) -> list[str]:
+    """The CAM methods `model`'s family supports, in registry order: all of them for a ViT-family model with a CLS
+    token, all but the attention-based ones (rollout, tscam) otherwise."""
+    adapter = get_adapter(model.classifier if hasattr(model, "sigmoid_head") else model)
+    attentions = adapter.has_attentions and adapter.fixed_prefix_tokens > 0
+    return [name for name, spec in CAM_METHODS.items() if attentions or "attentions" not in spec.needs]
+
+
+def class_id(config, target) -> int:
+    """A class id from an id (int or digit string, range-checked by the CAM engine) or a label name (any case)."""
+    if isinstance(target, str) and target.strip().lstrip("-").isdigit():
+        return int(target)
+    if not isinstance(target, str):
+        return target
+    wanted = target.strip().lower()
+    ids = [int(i) for i, name in config.id2label.items() if str(name).lower() == wanted]
+    if len(ids) > 1:
+        raise ValueError(f"class name {target!r} is ambiguous: classes {ids} share it; pass the class id.")
+    if not ids:
+        examples = ", ".join(repr(config.id2label[i]) for i in sorted(config.id2label)[:5])
+        raise ValueError(
+            f"unknown class name {target!r}; pass one of the model's {len(config.id2label)} class names "
+            f"(e.g. {examples}) or a class id in [0, {len(config.id2label)})."
+        )
+    return ids[0]
 
 
 def colorize(saliency: np.ndarray) -> np.ndarray:
@@ -34,22 +62,33 @@ class DualSigmoidCAMPipeline(Pipeline):
     """Explain images with a dual-branch (or plain) classifier.
 
     Parameters (per call): `method` (default "gradcam"), `head` ("sigmoid" for a dual model, else "softmax"),
-    `target` (class id; default the softmax prediction), `alpha` (overlay opacity).
+    `target` (class id or label name, any case; default the softmax prediction), `alpha` (overlay opacity),
+    `top_k` (also return each head's k most probable classes).
     Returns per image: label, softmax_score, sigmoid_score (None for a plain classifier), target, map (H, W tensor
-    at the model's input size) and overlay (PIL image at the original size).
+    at the model's input size) and overlay (PIL image at the original size); with `top_k`, also top_k: per head a
+    list of {"id", "label", "score"} (softmax probabilities; per-class sigmoid probabilities).
     """
 
-    def _sanitize_parameters(self, method=None, head=None, target=None, alpha=None, **kwargs):
+    def supported_methods(self) -> list[str]:
+        """The CAM methods this model's family supports (see `supported_methods`)."""
+        return supported_methods(self.model)
+
+    def _sanitize_parameters(self, method=None, head=None, target=None, alpha=None, top_k=None, **kwargs):
         forward = {}
         if method is not None:
             forward["method"] = method
         if head is not None:
             forward["head"] = head
         if target is not None:
-            forward["target"] = target
-        return {}, forward, ({"alpha": alpha} if alpha is not None else {})
+            forward["target"] = class_id(self.model.config, target)
+        post = {"alpha": alpha} if alpha is not None else {}
+        if top_k is not None:
+            post["top_k"] = top_k
+        return {}, forward, post
 
     def preprocess(self, image):
+        if image is None:
+            raise ValueError("no image given: pass a PIL image, a local path or a URL.")
         image = load_image(image)
         inputs = self.image_processor(images=image, return_tensors="pt")
         return {"pixel_values": inputs["pixel_values"], "image": image}
@@ -59,11 +98,11 @@ class DualSigmoidCAMPipeline(Pipeline):
         out = explain(self.model, model_inputs["pixel_values"], methods=[method], heads=[head], targets=target)
         return {"out": out, "key": (method, head), "image": model_inputs["image"]}
 
-    def postprocess(self, outputs, alpha=0.5):
+    def postprocess(self, outputs, alpha=0.5, top_k=None):
         out, key = outputs["out"], outputs["key"]
         target = int(out.targets[0])
         sigmoid = out.logits.get("sigmoid")
-        return {
+        result = {
             "label": self.model.config.id2label[int(out.logits["softmax"][0].argmax())],
             "softmax_score": float(out.logits["softmax"][0].softmax(-1)[target]),
             "sigmoid_score": None if sigmoid is None else float(sigmoid[0, target].sigmoid()),
@@ -71,3 +110,15 @@ class DualSigmoidCAMPipeline(Pipeline):
             "map": out.maps[key][0],
             "overlay": overlay(outputs["image"], out.maps[key][0], alpha),
         }
+        if top_k is not None:
+            probabilities = {"softmax": out.logits["softmax"][0].softmax(-1)}
+            if sigmoid is not None:
+                probabilities["sigmoid"] = sigmoid[0].sigmoid()
+            result["top_k"] = {head: self._top(p, top_k) for head, p in probabilities.items()}
+        return result
+
+    def _top(self, probabilities: torch.Tensor, k: int) -> list[dict]:
+        scores, ids = probabilities.float().topk(min(k, probabilities.numel()))
+        return [
+            {"id": int(i), "label": self.model.config.id2label[int(i)], "score": float(s)} for s, i in zip(scores, ids)
+        ]

@@ -32,6 +32,7 @@ class PushArguments:
     gallery_split: str = "test"
     save_scoremaps: bool = field(default=False, metadata={"help": "Also push the gallery's score maps (.npz)."})
     base_model: str | None = None
+    space_id: str | None = field(default=None, metadata={"help": "A Space (owner/name) the card links to."})
 
 
 def main(argv=None):
@@ -63,6 +64,7 @@ def main(argv=None):
         revision=push.revision,
         commit_message=push.commit_message,
         save_scoremaps=push.save_scoremaps,
+        space_id=push.space_id,
     )
     print(json.dumps(outcome, indent=2))
 

@@ -1,4 +1,4 @@
-"""Staging and pushing: files, card, remote-code explain, one-commit upload, token check, pipeline, Space callback."""
+"""Staging and pushing: files, card, remote-code explain, one-commit upload, token check, pipeline (Space: test_space)."""
 
 import json
 import os
@@ -19,7 +19,6 @@ from hf_dualsig import DualSigmoidForImageClassification, explain
 from hf_dualsig.hub import publish, require_token
 from hf_dualsig.zoo import tiny_classifier
 
-REPO = Path(__file__).resolve().parents[1]
 RESULTS = {
     "top1_cls": {"softmax": 75.0, "sigmoid": 68.75},
     "num_images": 16,
@@ -225,23 +224,3 @@ def test_cam_pipeline_returns_the_documented_fields_for_one_image_and_a_batch(du
     batch = pipe([image, image], method="cam", head="softmax", target=2)
     assert len(batch) == 2 and all(r["target"] == 2 for r in batch)
     torch.testing.assert_close(batch[0]["map"], batch[1]["map"])
-
-
-def test_space_callback_on_a_real_photo(tmp_path):
-    import skimage.data
-
-    from hf_dualsig.convert_efficientnet_lite import convert_efficientnet_lite0
-
-    sys.path.insert(0, str(REPO / "model_cards" / "space"))
-    import app
-
-    classifier, processor = convert_efficientnet_lite0()
-    dual = DualSigmoidForImageClassification.from_classifier(classifier)
-    publish(dual, processor, "someone/lite0-dualsig", str(tmp_path / "stage"), dry_run=True)
-    photo = Image.fromarray(skimage.data.chelsea())
-    softmax, sigmoid, summary = app.explain_image(photo, "gradcam", "", model_id=str(tmp_path / "stage"))
-    assert softmax.size == sigmoid.size == photo.size
-    assert "prediction: Egyptian cat" in summary
-    assert np.asarray(softmax).std() > 0 and not np.array_equal(np.asarray(softmax), np.asarray(photo))
-    _, _, by_name = app.explain_image(photo, "cam", "tabby", model_id=str(tmp_path / "stage"))
-    assert "explained class: tabby" in by_name
