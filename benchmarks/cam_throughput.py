@@ -2,8 +2,8 @@
 
 (a) one Grad-CAM map from one head; (b) the paper's protocol: CAM, Grad-CAM, Grad-CAM++, XGrad-CAM and LayerCAM
 from both heads (pytorch-grad-cam has no CAM class: its closest equivalent, a forward plus the head weights, is
-timed as one more Grad-CAM call per head). Models: the real EfficientNet-Lite0 and a ResNet-50-sized config,
-both at 224x224,
+timed as one more Grad-CAM call per head). Models: the real EfficientNet-Lite0, a ResNet-50-sized config and the
+paper's WSOL ResNet50 (layer4 at stride 1: a 14x14 CAM layer, 4x the cells of the 7x7 one), all at 224x224,
 wrapped as dual models. Peak memory is the peak resident-set growth while each side runs (CPU; glibc).
 Usage: python benchmarks/cam_throughput.py [--batch 8] [--repeats 3]
 """
@@ -22,7 +22,12 @@ import transformers as T
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM, XGradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from hf_dualsig import DualSigmoidForImageClassification, explain
+from hf_dualsig import (
+    DualSigmoidForImageClassification,
+    WsolResNet50Config,
+    WsolResNet50ForImageClassification,
+    explain,
+)
 from hf_dualsig.backbones import resolve_module
 from hf_dualsig.convert_efficientnet_lite import convert_efficientnet_lite0
 
@@ -120,8 +125,10 @@ def main():
     x = torch.randn(args.batch, 3, 224, 224)
     lite0, _ = convert_efficientnet_lite0()
     resnet50 = T.ResNetForImageClassification(T.ResNetConfig(num_labels=1000)).eval()
+    wsol_resnet50 = WsolResNet50ForImageClassification(WsolResNet50Config(num_labels=1000)).eval()
     print(f"batch {args.batch}, 224x224, {torch.get_num_threads()} threads, best of {args.repeats}")
-    for name, classifier in (("EfficientNet-Lite0", lite0), ("ResNet-50 config", resnet50)):
+    models = (("EfficientNet-Lite0", lite0), ("ResNet-50 config", resnet50), ("WSOL ResNet50 (14x14)", wsol_resnet50))
+    for name, classifier in models:
         compare(name, DualSigmoidForImageClassification.from_classifier(classifier), x, args.repeats)
 
 

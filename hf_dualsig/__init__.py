@@ -5,7 +5,13 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from .cam import CAM_METHODS, CAMMethod, CAMOutput, available_heads, explain
 from .configuration_dualsig import DualSigmoidConfig
+from .configuration_wsol_backbones import WsolInceptionV3Config, WsolResNet50Config, WsolVgg16Config
 from .modeling_dualsig import DualSigmoidForImageClassification, DualSigmoidOutput
+from .modeling_wsol_backbones import (
+    WsolInceptionV3ForImageClassification,
+    WsolResNet50ForImageClassification,
+    WsolVgg16ForImageClassification,
+)
 from .pipeline_dualsig import DualSigmoidCAMPipeline
 
 AutoConfig.register(DualSigmoidConfig.model_type, DualSigmoidConfig, exist_ok=True)
@@ -24,6 +30,12 @@ __all__ = [
     "DualSigmoidConfig",
     "DualSigmoidForImageClassification",
     "DualSigmoidOutput",
+    "WsolInceptionV3Config",
+    "WsolInceptionV3ForImageClassification",
+    "WsolResNet50Config",
+    "WsolResNet50ForImageClassification",
+    "WsolVgg16Config",
+    "WsolVgg16ForImageClassification",
     "available_heads",
     "explain",
 ]

@@ -60,6 +60,10 @@ ADAPTERS: dict[str, BackboneAdapter] = {
     "RegNetForImageClassification": BackboneAdapter(cam_layer="regnet.encoder.stages.-1"),
     "MobileNetV2ForImageClassification": BackboneAdapter(cam_layer="mobilenet_v2.conv_1x1"),
     "EfficientNetForImageClassification": BackboneAdapter(cam_layer="efficientnet.encoder.top_activation"),
+    # wsolevaluation's WSOL backbones (modeling_wsol_backbones.py): pooled CAM layer -> one linear classifier.
+    "WsolVgg16ForImageClassification": BackboneAdapter(cam_layer="vgg.relu"),
+    "WsolResNet50ForImageClassification": BackboneAdapter(cam_layer="resnet.layer4"),
+    "WsolInceptionV3ForImageClassification": BackboneAdapter(cam_layer="inception.SPG_A3_2b"),
     # timm: the head is found through timm's own `get_classifier()`; the CAM layer is the last feature map.
     "TimmWrapperForImageClassification": BackboneAdapter(head_paths=()),
 }

@@ -4,6 +4,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .configuration_wsol_backbones import WSOL_CONFIGS  # noqa: F401  (registers the WSOL backbones' configs)
+
 POS_WEIGHT_MODES = ("num_classes_minus_one", "inverse_frequency", "none")
 SIGMOID_HEAD_INITS = ("random", "clone")
 

@@ -20,6 +20,7 @@ from .backbones import get_adapter, resolve_module
 from .cam import CAMOutput, explain
 from .configuration_dualsig import DualSigmoidConfig
 from .losses import class_balanced_bce, resolve_pos_weight
+from .modeling_wsol_backbones import WSOL_MODELS  # noqa: F401  (registers the WSOL backbones' models)
 
 
 logger = logging.getLogger(__name__)
