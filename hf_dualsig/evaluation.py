@@ -17,8 +17,9 @@ from tqdm.auto import tqdm
 from .cam import CAM_METHODS, HEADS, available_heads, explain, map_recipe, reference_maps
 from .data.loaders import read_wsol_metadata, union_mask_image
 from .data.transforms import ImageTransform, transform_from_processor
-from .files import write_atomically, write_text
+from .files import safe_join, write_atomically, write_text
 from .metrics.fidelity import ConfidenceChange, average_drop_scores, insertion_deletion_auc
+from .viz import gallery, save_png
 from .metrics.wsol import BoxAccuracy, PixelPrecision, check_boxes, check_score_map, rescale_boxes
 
 PAPER_METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam")
@@ -143,6 +144,9 @@ def evaluate_model(
     has_masks = "mask" in dataset.column_names
     if not (has_boxes or has_masks):
         raise ValueError("the dataset has neither a `boxes` nor a `mask` column: nothing to localise.")
+    if scoremap_dir:  # every image id names a file inside scoremap_dir, checked before any work
+        for image_id in dataset["image_id"] if "image_id" in dataset.column_names else []:
+            safe_join(scoremap_dir, f"{image_id}.npy", "image id")
     model.eval()
     progress = tqdm(total=len(indices), desc="evaluating", disable=not PartialState().is_main_process)
     for start in range(indices.start, indices.stop, settings.eval_batch_size):
@@ -152,6 +156,11 @@ def evaluate_model(
         out = explain(
             model, pixels, methods=settings.method_names, heads=heads, targets=labels, recipe="reference", return_raw=True
         )
+        if not all(torch.isfinite(logits).all() for logits in out.logits.values()):
+            raise ValueError(
+                f"the model {getattr(model, 'name_or_path', '') or type(model).__name__} gives non-finite logits on "
+                f"images {start}-{start + len(labels) - 1}: its weights are corrupt (or overflow in this dtype)."
+            )
         predictions = {h: logits.argmax(-1) for h, logits in out.logits.items()}
         for h in correct:
             correct[h] += int((predictions[h] == labels).sum())
@@ -162,7 +171,7 @@ def evaluate_model(
                 image = rows["image"][i]
                 if scoremap_dir:
                     image_id = rows["image_id"][i] if "image_id" in rows else f"{start + i:06d}"
-                    path = os.path.join(scoremap_dir, *key, f"{image_id}.npy")
+                    path = safe_join(os.path.join(scoremap_dir, *key), f"{image_id}.npy", "image id")
                     write_atomically(path, lambda tmp: _save_npy(tmp, score_map))
                 if has_boxes:
                     name = f"image {start + i}"
@@ -249,7 +258,7 @@ def evaluate_scoremaps(
     indices = _shard(len(meta.image_ids))
     for index in tqdm(indices, desc="scoring maps", disable=not PartialState().is_main_process):
         image_id = meta.image_ids[index]
-        path = os.path.join(scoremap_dir, f"{image_id}.npy")
+        path = safe_join(scoremap_dir, f"{image_id}.npy", "image id")
         if not os.path.isfile(path):
             raise ValueError(f"no score map for image id {image_id!r}: {path} does not exist.")
         score_map = check_score_map(np.load(path), f"score map {path}", size)
@@ -261,8 +270,9 @@ def evaluate_scoremaps(
             boxes_acc.add(score_map, rescale_boxes(boxes, width, height, size))
         if image_id in meta.masks:
             root = mask_root or os.path.dirname(metadata_dir)
-            mask = union_mask_image([os.path.join(root, m) for m in meta.masks[image_id]])
-            ignore = Image.open(os.path.join(root, meta.ignores[image_id])) if image_id in meta.ignores else None
+            mask = union_mask_image([safe_join(root, m, "mask path") for m in meta.masks[image_id]])
+            ignore = meta.ignores.get(image_id)
+            ignore = Image.open(safe_join(root, ignore, "ignore-mask path")) if ignore else None
             pixels.add(score_map, _mask(mask, size), _mask(ignore, size))
     state = {"boxes": boxes_acc, "pixels": pixels, "count": len(indices)}
     if PartialState().num_processes > 1:
@@ -367,6 +377,7 @@ def run_evaluation(model, processor, dataset, args: EvalArguments, output_dir: s
     results = evaluate_model(model, dataset, transform_from_processor(processor), args, scoremaps)
     if PartialState().is_main_process:
         written = write_reports(results, output_dir)
+        written.append(save_png(gallery(model, processor, dataset), os.path.join(output_dir, "gallery.png")))
         print(markdown_table(results))
         if args.fidelity:
             print(f"fidelity scored with the {args.fidelity_head} head's probabilities")

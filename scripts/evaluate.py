@@ -1,7 +1,7 @@
 """Evaluate both heads of a dual checkpoint (or any supported classifier, softmax only): accuracy, WSOL metrics
 (MaxBoxAcc, MaxBoxAccV2, Top-1/GT-known Loc, PxAP) and fidelity, as results.json, results.md and PNG curves.
 
-    python scripts/evaluate.py                                   # outputs/convnext-dualsig on the synthetic test split
+    python scripts/evaluate.py                                   # outputs/lite0-dualsig on the synthetic test split
     python scripts/evaluate.py --model_name_or_path DIR --dataset wsol --metadata_dir metadata/CUB --data_dir CUB/
     python scripts/evaluate.py --scoremap_dir DIR --metadata_dir metadata/CUB/test   # precomputed maps, no model
     accelerate launch scripts/evaluate.py ...                    # shards images across processes
@@ -13,18 +13,20 @@ import sys
 from dataclasses import dataclass, field
 
 from accelerate import PartialState
-from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
 
 import hf_dualsig  # noqa: F401  (registers the dual model with the Auto classes)
 from hf_dualsig.evaluation import EvalArguments, evaluate_scoremaps, run_evaluation
-from hf_dualsig.files import write_atomically, write_text
+from hf_dualsig.data.loaders import check_split
+from hf_dualsig.files import check_writable, write_atomically, write_text
 from hf_dualsig.hub import publish, require_token
 from hf_dualsig.data.splits import DataArguments, load_split
 
 
 @dataclass
 class Target:
-    model_name_or_path: str = field(default="outputs/convnext-dualsig", metadata={"help": "Checkpoint to evaluate."})
+    model_name_or_path: str = field(default="outputs/lite0-dualsig", metadata={"help": "Checkpoint to evaluate."})
     output_dir: str | None = field(default=None, metadata={"help": "Default: <model>/eval or <scoremap_dir>/eval."})
     scoremap_dir: str | None = field(default=None, metadata={"help": "Score precomputed .npy maps (no model)."})
     mask_root: str | None = field(default=None, metadata={"help": "Root of OpenImages mask paths (scoremap mode)."})
@@ -34,29 +36,48 @@ class Target:
     hub_token: str | None = None
 
 
+def check_before_work(target: Target, output_dir: str) -> str | None:
+    """The checkpoint, the output folder and the Hub settings, before any image is read; returns the token."""
+    source = target.model_name_or_path
+    if not os.path.isdir(source):
+        if source == Target.model_name_or_path:
+            raise ValueError(f"{source} does not exist yet: run `make demo` (scripts/train.py) first.")
+        try:
+            validate_repo_id(source)
+        except HFValidationError:
+            raise ValueError(f"--model_name_or_path {source}: no such folder, and not a hub id (user/name).") from None
+    check_writable(output_dir, "--output_dir")
+    if not target.push_to_hub:
+        return None
+    if not target.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id user/name.")
+    try:
+        validate_repo_id(target.hub_model_id)
+    except HFValidationError as error:
+        raise ValueError(f"--hub_model_id {target.hub_model_id!r} is not a valid repo id: {error}") from None
+    return require_token(target.hub_token)
+
+
 def main(argv=None):
     target, data, args = HfArgumentParser((Target, DataArguments, EvalArguments)).parse_args_into_dataclasses(args=argv)
     if target.scoremap_dir:
         if not data.metadata_dir:
             raise SystemExit("--scoremap_dir needs --metadata_dir (the split's folder with image_ids.txt etc.).")
         output_dir = target.output_dir or os.path.join(target.scoremap_dir, "eval")
-        results = evaluate_scoremaps(target.scoremap_dir, data.metadata_dir, args.settings(), target.mask_root)
+        results = evaluate_scoremaps(target.scoremap_dir, data.metadata_dir, args, target.mask_root)
         path = os.path.join(output_dir, "results.json")
         write_atomically(path, lambda tmp: write_text(tmp, json.dumps(results, indent=2)))
         print(f"wrote {path}")
         print(json.dumps(results["scoremaps"], indent=2))
         return
-    token = require_token(target.hub_token) if target.push_to_hub else None
-    if target.push_to_hub and not target.hub_model_id:
-        raise SystemExit("--push_to_hub needs --hub_model_id user/name.")
-    if not os.path.exists(target.model_name_or_path) and target.model_name_or_path == "outputs/convnext-dualsig":
-        raise SystemExit("outputs/convnext-dualsig does not exist yet: run `make demo` (scripts/train.py) first.")
+    output_dir = target.output_dir or os.path.join(target.model_name_or_path, "eval")
+    token = check_before_work(target, output_dir)
+    num_labels = AutoConfig.from_pretrained(target.model_name_or_path).num_labels
+    dataset = check_split(load_split(data, args.test_split), args.test_split, num_labels, drop_undecodable=False)
     model = AutoModelForImageClassification.from_pretrained(target.model_name_or_path)
     if not target.use_cpu:
         model.to(PartialState().device)
     processor = AutoImageProcessor.from_pretrained(target.model_name_or_path)
-    dataset = load_split(data, args.test_split)
-    output_dir = target.output_dir or os.path.join(target.model_name_or_path, "eval")
     results = run_evaluation(model, processor, dataset, args, output_dir)
     if target.push_to_hub and PartialState().is_main_process:
         print(

@@ -22,7 +22,7 @@ from hf_dualsig.data.splits import DataArguments, load_split
 from hf_dualsig.viz import overlay_grid, save_png
 
 SKIMAGE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera")
-DEFAULT_CHECKPOINT = "outputs/convnext-dualsig"
+DEFAULT_CHECKPOINT = "outputs/lite0-dualsig"
 
 
 def render(model, processor, images, titles, methods, heads, output, batch_size=8) -> str:

@@ -1,7 +1,7 @@
 """Stage a dual checkpoint with its code, card, maps and results, and push it to the Hub in one commit.
 
-    python scripts/push_to_hub.py --checkpoint outputs/convnext-dualsig --repo_id user/convnext-dualsig
-    python scripts/push_to_hub.py --checkpoint outputs/convnext-dualsig --repo_id user/x --dry_run   # stage only
+    python scripts/push_to_hub.py --checkpoint outputs/lite0-dualsig --repo_id user/lite0-dualsig
+    python scripts/push_to_hub.py --checkpoint outputs/lite0-dualsig --repo_id user/x --dry_run   # stage only
 The token comes from --hub_token, HF_TOKEN or `hf auth login`; without one the script stops before any work.
 """
 
@@ -10,16 +10,18 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
 
 import hf_dualsig  # noqa: F401  (registers the dual model with the Auto classes)
-from hf_dualsig.hub import publish, require_token
+from hf_dualsig.files import check_writable
+from hf_dualsig.hub import check_stage_dir, publish, require_token
 from hf_dualsig.data.splits import DataArguments, load_split
 
 
 @dataclass
 class PushArguments:
-    checkpoint: str = field(default="outputs/convnext-dualsig", metadata={"help": "The dual checkpoint folder."})
+    checkpoint: str = field(default="outputs/lite0-dualsig", metadata={"help": "The dual checkpoint folder."})
     repo_id: str = field(default="", metadata={"help": "user/name of the Hub repo."})
     results: str | None = field(default=None, metadata={"help": "results.json (default: <checkpoint>/eval/)."})
     stage_dir: str | None = field(default=None, metadata={"help": "Where to stage (default: <checkpoint>/hub)."})
@@ -35,11 +37,25 @@ class PushArguments:
     space_id: str | None = field(default=None, metadata={"help": "A Space (owner/name) the card links to."})
 
 
+def check_before_work(push: PushArguments, stage_dir: str) -> str | None:
+    """Repo id, checkpoint and staging folder (never one holding the checkpoint), and the token, before any work."""
+    if not push.repo_id:
+        raise ValueError("--repo_id user/name is required (it also names the model in the card).")
+    try:
+        validate_repo_id(push.repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"--repo_id {push.repo_id!r} is not a valid repo id: {error}") from None
+    if not os.path.isfile(os.path.join(push.checkpoint, "config.json")):
+        raise ValueError(f"--checkpoint {push.checkpoint}: no config.json there; pass the dual checkpoint's folder.")
+    check_stage_dir(stage_dir, push.checkpoint)
+    check_writable(os.path.dirname(os.path.abspath(stage_dir)), "--stage_dir")
+    return None if push.dry_run else require_token(push.hub_token)
+
+
 def main(argv=None):
     push, data = HfArgumentParser((PushArguments, DataArguments)).parse_args_into_dataclasses(args=argv)
-    if not push.repo_id:
-        raise SystemExit("--repo_id user/name is required (it also names the model in the card).")
-    token = None if push.dry_run else require_token(push.hub_token)
+    stage_dir = push.stage_dir or os.path.join(push.checkpoint, "hub")
+    token = check_before_work(push, stage_dir)
     model = AutoModelForImageClassification.from_pretrained(push.checkpoint)
     processor = AutoImageProcessor.from_pretrained(push.checkpoint)
     results_path = push.results or os.path.join(push.checkpoint, "eval", "results.json")
@@ -51,7 +67,7 @@ def main(argv=None):
         model,
         processor,
         push.repo_id,
-        push.stage_dir or os.path.join(push.checkpoint, "hub"),
+        stage_dir,
         results=results,
         gallery_dataset=gallery,
         num_gallery=push.num_gallery,

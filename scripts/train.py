@@ -1,7 +1,8 @@
 """Train the sigmoid branch of an image classifier (stage 2), after fine-tuning the classifier itself (stage 1).
 
-With no arguments: the synthetic WSOL set, a small ConvNeXt built from a config, both stages, checkpoint in
-outputs/convnext-dualsig/, then the softmax-vs-sigmoid evaluation on the test split (outputs/convnext-dualsig/eval/).
+With no arguments: the ImageNet EfficientNet-Lite0 (converted offline) adapted to the synthetic WSOL set, its sigmoid
+branch, checkpoint in outputs/lite0-dualsig/, then the softmax-vs-sigmoid evaluation on the test split and a gallery
+of both heads' maps (outputs/lite0-dualsig/eval/).
 Runs unchanged under `accelerate launch` (several GPUs, or processes with --use_cpu).
 """
 

@@ -13,6 +13,8 @@ import numpy as np
 from datasets import Dataset, Features, Image, List, Value, load_dataset
 from PIL import Image as PILImage
 
+from ..files import safe_join
+
 logger = logging.getLogger(__name__)
 
 
@@ -79,7 +81,7 @@ def load_wsol_metadata(metadata_dir: str, image_root: str, mask_root: str | None
     ids = meta.image_ids
     rows = {
         "image_id": ids,
-        "image": [os.path.join(image_root, image_id) for image_id in ids],
+        "image": [safe_join(image_root, image_id, "image id") for image_id in ids],
         "label": [meta.labels[image_id] for image_id in ids],
         "boxes": [meta.boxes[image_id] for image_id in ids],
     }
@@ -90,8 +92,10 @@ def load_wsol_metadata(metadata_dir: str, image_root: str, mask_root: str | None
         "boxes": List(List(Value("float32"), length=4)),
     }
     if meta.masks:
-        rows["mask"] = [union_mask([os.path.join(mask_root, m) for m in meta.masks.get(i, [])]) for i in ids]
-        rows["ignore_mask"] = [os.path.join(mask_root, meta.ignores[i]) if i in meta.ignores else None for i in ids]
+        rows["mask"] = [union_mask([safe_join(mask_root, m, "mask path") for m in meta.masks.get(i, [])]) for i in ids]
+        rows["ignore_mask"] = [
+            safe_join(mask_root, meta.ignores[i], "ignore-mask path") if i in meta.ignores else None for i in ids
+        ]
         features.update(mask=Image(), ignore_mask=Image())
     return Dataset.from_dict(rows, features=Features(features))
 
@@ -152,9 +156,10 @@ def _with_box_list(features: Features) -> Features:
     return features
 
 
-def check_split(dataset: Dataset, name: str, num_labels: int) -> Dataset:
-    """Fail before training on an empty split or labels outside [0, num_labels); drop undecodable images,
-    logging how many and which."""
+def check_split(dataset: Dataset, name: str, num_labels: int, drop_undecodable: bool = True) -> Dataset:
+    """Fail before work on an empty split or labels outside [0, num_labels); drop undecodable or missing images,
+    logging how many and which, or (`drop_undecodable=False`, for test splits whose size the metrics depend on)
+    fail naming them."""
     if len(dataset) == 0:
         raise ValueError(f"the {name} split is empty.")
     labels = np.asarray(dataset["label"])
@@ -168,6 +173,11 @@ def check_split(dataset: Dataset, name: str, num_labels: int) -> Dataset:
     broken = [i for i, image in enumerate(raw) if not _decodes(image)]
     if broken:
         names = [raw[i].get("path") or f"row {i}" for i in broken]
+        if not drop_undecodable:
+            raise ValueError(
+                f"{len(broken)} image(s) of the {name} split are missing or do not decode: {', '.join(names[:10])}; "
+                "restore them, or remove them from the split's metadata."
+            )
         logger.warning("Skipping %d undecodable image(s) in the %s split: %s", len(broken), name, ", ".join(names[:20]))
         keep = sorted(set(range(len(dataset))) - set(broken))
         if not keep:

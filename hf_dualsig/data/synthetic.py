@@ -34,9 +34,9 @@ SECOND_INSTANCE_PROBABILITY = 0.25
 class SyntheticWSOLConfig:
     """Sizes and seed of the synthetic set; `num_classes` takes the first classes of `CLASSES`."""
 
-    num_train: int = 2000
-    num_val: int = 300
-    num_test: int = 300
+    num_train: int = 1000
+    num_val: int = 200
+    num_test: int = 200
     image_size: int = 64
     num_classes: int = len(CLASSES)
     seed: int = 0
