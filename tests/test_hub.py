@@ -16,7 +16,7 @@ from huggingface_hub import HfApi, ModelCard
 from PIL import Image
 
 from hf_dualsig import DualSigmoidForImageClassification, explain
-from hf_dualsig.hub import publish, require_token
+from hf_dualsig.hub import STAGE_MARKER, publish, require_token
 from hf_dualsig.zoo import tiny_classifier
 
 RESULTS = {
@@ -85,6 +85,9 @@ def test_staged_folder_holds_everything_and_the_card_parses(staged):
         "losses.py",
         "cam.py",
         "pipeline_dualsig.py",
+        "configuration_wsol_backbones.py",
+        "modeling_wsol_backbones.py",
+        STAGE_MARKER,
         "maps/gallery.png",
         "maps/scoremaps.npz",
         "maps/scoremaps_index.json",
@@ -188,6 +191,7 @@ def test_upload_sends_exactly_the_staged_files_in_one_commit(dual_and_processor,
     create_repo.assert_called_once()
     assert create_repo.call_args.kwargs["private"] is True and create_repo.call_args.kwargs["exist_ok"] is True
     staged = sorted(str(p.relative_to(tmp_path / "stage")) for p in (tmp_path / "stage").rglob("*") if p.is_file())
+    staged.remove(STAGE_MARKER)  # the staging marker stays local
     assert uploads == [("someone/tiny-dualsig", staged, "first push")]
     assert outcome["commit"].endswith("/commit/abc")
 
