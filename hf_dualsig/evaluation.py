@@ -39,7 +39,10 @@ class EvalArguments:
     first_gt_box_only: bool = field(default=False, metadata={"help": "Top-1/GT-known against the first GT box only."})
     fidelity: bool = field(default=True, metadata={"help": "Average Drop, Increase in Confidence, insertion/deletion."})
     fidelity_head: str = field(default="softmax", metadata={"help": "Head whose probabilities score fidelity."})
-    insertion_deletion_steps: int = field(default=16, metadata={"help": "Steps of insertion/deletion (0: skip)."})
+    insertion_deletion_steps: int = field(
+        default=0,
+        metadata={"help": "Steps of insertion/deletion AUC (0: skip; the paper reports AD and IC only; 16 is common)."},
+    )
     eval_batch_size: int = field(default=32, metadata={"help": "Images per CAM batch."})
     save_scoremaps: bool = field(default=False, metadata={"help": "Also save every map as .npy (wsolevaluation)."})
     max_eval_images: int | None = field(default=None, metadata={"help": "Evaluate the first N images only."})

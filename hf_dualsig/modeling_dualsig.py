@@ -224,13 +224,14 @@ class DualSigmoidForImageClassification(PreTrainedModel):
             under gradient accumulation and data parallelism.
         """
         if labels is not None:
-            self._check_labels(labels)
+            self._check_labels(labels, head_inputs[0] if head_inputs is not None else pixel_values)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if head_inputs is not None:
             if pixel_values is not None:
                 raise ValueError("Pass either pixel_values or head_inputs, not both.")
             return self._forward_from_head_inputs(tuple(head_inputs), labels, num_items_in_batch, return_dict)
         self._check_pixel_values(pixel_values)
+        pixel_values = pixel_values.to(self.dtype)  # float64 (or float32 for a half model) in, the model's dtype
         options = {
             "output_hidden_states": output_hidden_states,
             "output_attentions": output_attentions,
@@ -302,6 +303,11 @@ class DualSigmoidForImageClassification(PreTrainedModel):
                 f"pixel_values must be 4-D (batch, channels, height, width); got shape {tuple(pixel_values.shape)}."
                 " For a single image add a batch dimension: pixel_values.unsqueeze(0)."
             )
+        if not pixel_values.is_floating_point():
+            raise ValueError(
+                f"pixel_values has dtype {pixel_values.dtype}; the model expects normalised floating-point images: "
+                "use the model's image processor (return_tensors='pt') rather than raw uint8 pixels."
+            )
         channels = getattr(self.config.backbone_config, "num_channels", None)
         if channels is not None and pixel_values.shape[1] != channels:
             raise ValueError(
@@ -309,11 +315,15 @@ class DualSigmoidForImageClassification(PreTrainedModel):
                 f"model expects {channels}; pass channels-first images (B, {channels}, H, W)."
             )
 
-    def _check_labels(self, labels) -> None:
+    def _check_labels(self, labels, inputs) -> None:
         if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise TypeError(f"labels must be an integer tensor of class indices; got {_describe(labels)}.")
         if labels.ndim != 1:
             raise ValueError(f"labels must be 1-D (batch,) class indices; got shape {tuple(labels.shape)}.")
+        if isinstance(inputs, torch.Tensor) and inputs.ndim and len(labels) != len(inputs):
+            raise ValueError(
+                f"labels has {len(labels)} entries but the batch has {len(inputs)} images; pass one label per image."
+            )
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.config.num_labels):
             raise ValueError(
                 f"labels must lie in [0, {self.config.num_labels}); got values from {labels.min().item()} to "
