@@ -16,7 +16,7 @@ from .cam import available_heads, explain
 from .data.transforms import transform_from_processor
 from .evaluation import markdown_table
 from .files import pid_alive
-from .viz import overlay_grid, save_png
+from .viz import one_per_class, overlay_grid, save_png
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "dualsig_card.md"  # ships in the wheel
 CARD_METRICS = {
@@ -29,6 +29,24 @@ CARD_METRICS = {
 }
 GALLERY_METHODS = ("cam", "gradcam")
 STAGE_MARKER = ".hf_dualsig_staged"  # marks a folder made by `stage`, the only kind it ever replaces
+
+
+def check_repo_id(repo_id: str, what: str = "repo id") -> None:
+    """A ValueError naming `what` when `repo_id` is not a valid Hub repo id (`huggingface_hub`'s own rules)."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"{what} {repo_id!r} is not a valid Hub repo id: {error}") from None
+
+
+def check_model_source(source: str, what: str = "--model_name_or_path") -> None:
+    """A ValueError naming `what` when `source` is neither an existing folder nor a valid Hub repo id."""
+    if os.path.isdir(source):
+        return
+    try:
+        validate_repo_id(source)
+    except HFValidationError:
+        raise ValueError(f"{what} {source}: no such folder, and not a Hub repo id (user/name).") from None
 
 
 def require_token(token: str | None = None) -> str:
@@ -254,15 +272,6 @@ def upload(
     return str(getattr(info, "commit_url", info))
 
 
-def _one_per_class(labels: list[int], count: int) -> list[int]:
-    """Indices of up to `count` rows, the first of each class before any repeat."""
-    seen, first, rest = set(), [], []
-    for index, label in enumerate(labels):
-        (rest if label in seen else first).append(index)
-        seen.add(label)
-    return sorted((first + rest)[:count])
-
-
 def publish(
     model,
     processor,
@@ -285,15 +294,12 @@ def publish(
 ) -> dict:
     """Stage the checkpoint with its card and maps (gallery from the first `num_gallery` rows of `gallery_dataset`),
     then upload unless `dry_run`. The token is checked before any work."""
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as error:
-        raise ValueError(f"repo id {repo_id!r} is not valid: {error}") from None
+    check_repo_id(repo_id)
     check_stage_dir(stage_dir)
     token = None if dry_run else require_token(token)
     images, titles = None, None
     if gallery_dataset is not None and num_gallery:
-        rows = gallery_dataset.select(_one_per_class(gallery_dataset["label"], num_gallery))
+        rows = gallery_dataset.select(one_per_class(gallery_dataset["label"], num_gallery))
         images = [image.convert("RGB") for image in rows["image"]]
         names = getattr(gallery_dataset.features["label"], "names", None)
         titles = [names[label] if names else str(label) for label in rows["label"]]

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from accelerate import PartialState
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoImageProcessor, AutoModelForImageClassification, Trainer, TrainingArguments, set_seed
 
 from .adaptation import ADAPT_MODES, adapt, check_adapt_mode, default_adapt_mode
@@ -27,7 +26,7 @@ from .data.splits import DataArguments, load_split, load_splits
 from .data.transforms import ImageTransform, transform_from_processor
 from .evaluation import EvalArguments, run_evaluation
 from .files import OutputLock, check_writable
-from .hub import publish, require_token
+from .hub import check_model_source, check_repo_id, publish, require_token
 from .modeling_dualsig import DualSigmoidForImageClassification
 from .training import DualSigmoidTrainer, TransformedDataset
 
@@ -268,10 +267,7 @@ def check_before_work(model: ModelArguments, data: DataArguments, args: Training
     if args.push_to_hub:
         if not args.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id user/name.")
-        try:
-            validate_repo_id(args.hub_model_id)
-        except HFValidationError as error:
-            raise ValueError(f"--hub_model_id {args.hub_model_id!r} is not a valid repo id: {error}") from None
+        check_repo_id(args.hub_model_id, "--hub_model_id")
     if model.stage == "sigmoid" and model.model_name_or_path is None:
         raise ValueError("--stage sigmoid needs --model_name_or_path: a classifier trained on this label set.")
     source = model.model_name_or_path
@@ -280,8 +276,8 @@ def check_before_work(model: ModelArguments, data: DataArguments, args: Training
             f"--output_dir {args.output_dir} overlaps the input checkpoint {source}: training would overwrite it; "
             "choose another --output_dir."
         )
-    if source and not os.path.isdir(source) and (source.startswith((".", "/", "~")) or source.count("/") > 1):
-        raise ValueError(f"--model_name_or_path {source}: no such folder (and not a hub id of the form user/name).")
+    if source:
+        check_model_source(source)
     check_writable(args.output_dir, "--output_dir")
 
 

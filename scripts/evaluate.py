@@ -13,14 +13,13 @@ import sys
 from dataclasses import dataclass, field
 
 from accelerate import PartialState
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
 
 import hf_dualsig  # noqa: F401  (registers the dual model with the Auto classes)
 from hf_dualsig.evaluation import EvalArguments, evaluate_scoremaps, run_evaluation
 from hf_dualsig.data.loaders import check_split
 from hf_dualsig.files import check_writable, write_atomically, write_text
-from hf_dualsig.hub import publish, require_token
+from hf_dualsig.hub import check_model_source, check_repo_id, publish, require_token
 from hf_dualsig.data.splits import DataArguments, load_split
 
 
@@ -39,22 +38,15 @@ class Target:
 def check_before_work(target: Target, output_dir: str) -> str | None:
     """The checkpoint, the output folder and the Hub settings, before any image is read; returns the token."""
     source = target.model_name_or_path
-    if not os.path.isdir(source):
-        if source == Target.model_name_or_path:
-            raise ValueError(f"{source} does not exist yet: run `make demo` (scripts/train.py) first.")
-        try:
-            validate_repo_id(source)
-        except HFValidationError:
-            raise ValueError(f"--model_name_or_path {source}: no such folder, and not a hub id (user/name).") from None
+    if source == Target.model_name_or_path and not os.path.isdir(source):
+        raise ValueError(f"{source} does not exist yet: run `make demo` (scripts/train.py) first.")
+    check_model_source(source)
     check_writable(output_dir, "--output_dir")
     if not target.push_to_hub:
         return None
     if not target.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id user/name.")
-    try:
-        validate_repo_id(target.hub_model_id)
-    except HFValidationError as error:
-        raise ValueError(f"--hub_model_id {target.hub_model_id!r} is not a valid repo id: {error}") from None
+    check_repo_id(target.hub_model_id, "--hub_model_id")
     return require_token(target.hub_token)
 
 

@@ -19,6 +19,9 @@ from transformers import AutoImageProcessor, AutoModelForImageClassification
 from hf_dualsig import available_heads, explain
 from hf_dualsig.data.transforms import transform_from_processor
 from hf_dualsig.data.splits import DataArguments, load_split
+from hf_dualsig.evaluation import EvalArguments
+from hf_dualsig.files import check_writable
+from hf_dualsig.hub import check_model_source
 from hf_dualsig.viz import overlay_grid, save_png
 
 SKIMAGE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera")
@@ -50,6 +53,20 @@ def _images_from(paths):
     return [Image.open(f).convert("RGB") for f in files], [f.name for f in files]
 
 
+def check_before_work(args) -> tuple[list[str], list[str]]:
+    """Methods, heads, images, checkpoint and output folder, before any model is built; returns methods and heads."""
+    methods, heads = EvalArguments(methods=args.methods, heads=args.heads).method_names, args.heads.split(",")
+    if args.num_images < 1:
+        raise ValueError(f"--num_images {args.num_images}: must be a positive integer.")
+    if args.model_name_or_path:
+        check_model_source(args.model_name_or_path)
+    for path in args.images or []:
+        if not os.path.exists(path):
+            raise ValueError(f"--images {path}: no such file or folder.")
+    check_writable(args.output_dir, "--output_dir")
+    return list(methods), [h.strip() for h in heads]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_name_or_path")
@@ -61,7 +78,7 @@ def main(argv=None):
     parser.add_argument("--heads", default="softmax,sigmoid")
     parser.add_argument("--output_dir", default="outputs/explain")
     args = parser.parse_args(argv)
-    methods, heads = args.methods.split(","), args.heads.split(",")
+    methods, heads = check_before_work(args)
     written = []
     if args.model_name_or_path is None:
         import numpy as np

@@ -10,12 +10,11 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
 
 import hf_dualsig  # noqa: F401  (registers the dual model with the Auto classes)
 from hf_dualsig.files import check_writable
-from hf_dualsig.hub import check_stage_dir, publish, require_token
+from hf_dualsig.hub import check_repo_id, check_stage_dir, publish, require_token
 from hf_dualsig.data.splits import DataArguments, load_split
 
 
@@ -41,10 +40,7 @@ def check_before_work(push: PushArguments, stage_dir: str) -> str | None:
     """Repo id, checkpoint and staging folder (never one holding the checkpoint), and the token, before any work."""
     if not push.repo_id:
         raise ValueError("--repo_id user/name is required (it also names the model in the card).")
-    try:
-        validate_repo_id(push.repo_id)
-    except HFValidationError as error:
-        raise ValueError(f"--repo_id {push.repo_id!r} is not a valid repo id: {error}") from None
+    check_repo_id(push.repo_id, "--repo_id")
     if not os.path.isfile(os.path.join(push.checkpoint, "config.json")):
         raise ValueError(f"--checkpoint {push.checkpoint}: no config.json there; pass the dual checkpoint's folder.")
     check_stage_dir(stage_dir, push.checkpoint)
