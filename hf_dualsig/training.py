@@ -1,102 +1,175 @@
-"""Training the sigmoid branch: `DualSigmoidTrainer` and its feature cache."""
+"""Training the sigmoid branch: `DualSigmoidTrainer`, fed through the frozen backbone or from its feature cache."""
 
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from accelerate import PartialState
-from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from tqdm.auto import tqdm
-from transformers import EvalPrediction, Trainer, TrainingArguments, default_data_collator
+from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
-from .data.transforms import ImageClassificationCollator, ImageTransform
-from .files import write_atomically
+from .data.transforms import ImageTransform
+from .feature_cache import (
+    CachedFeatures,
+    ShardWriter,
+    ViewSchedule,
+    cache_key,
+    check_dtype,
+    is_complete,
+    mark_complete,
+    tensors_digest,
+)
 from .modeling_dualsig import DualSigmoidForImageClassification
 
 logger = logging.getLogger(__name__)
 
 
 class TransformedDataset(Dataset):
-    """Rows of an image dataset as {"pixel_values", "labels"}, through a transform."""
+    """Rows of an image dataset as {"pixel_values", "labels"}, through a transform.
 
-    def __init__(self, dataset, transform: ImageTransform):
-        self.dataset, self.transform = dataset, transform
+    With a `schedule`, row i is view `view` of image i (default: the view the schedule gives it this epoch), drawn
+    with a generator seeded `schedule.augmentation_seed(view, i)`: exactly the draws of the feature cache.
+    """
+
+    def __init__(
+        self, dataset, transform: ImageTransform, schedule: ViewSchedule | None = None, view: int | None = None
+    ):
+        self.dataset, self.transform, self.schedule, self.view = dataset, transform, schedule, view
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
         row = self.dataset[index]
-        return {"pixel_values": self.transform(row["image"]), "labels": int(row["label"])}
+        return {"pixel_values": self.transform(row["image"], self._generator(index)), "labels": int(row["label"])}
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.schedule is not None:
+            self.schedule.set_epoch(epoch)
+
+    def _generator(self, index: int) -> torch.Generator | None:
+        if self.schedule is None or not self.transform.is_random:
+            return None
+        view = self.view if self.view is not None else int(self.schedule.views_of(index))
+        return torch.Generator().manual_seed(self.schedule.augmentation_seed(view, index))
 
 
-class FeatureDataset(Dataset):
-    """Precomputed head inputs and labels, one row per image."""
-
-    def __init__(self, head_inputs: list[torch.Tensor], labels: torch.Tensor):
-        self.head_inputs, self.labels = head_inputs, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict:
-        return {"head_inputs": tuple(t[index] for t in self.head_inputs), "labels": self.labels[index]}
-
-    def __getitems__(self, indices: list[int]) -> dict:
-        """A whole batch in one indexing operation (DataLoader's batched fetch)."""
-        index = torch.as_tensor(indices)
-        return {"head_inputs": tuple(t[index] for t in self.head_inputs), "labels": self.labels[index]}
+def collate_rows(rows: list[dict]) -> dict:
+    """Rows -> a batch: head inputs stacked per head, or `pixel_values` and `labels` (`label` renamed) through
+    `default_data_collator`; other keys (such as the image a `with_transform` keeps) are dropped."""
+    if "head_inputs" in rows[0]:
+        return {
+            "head_inputs": tuple(torch.stack(parts) for parts in zip(*(row["head_inputs"] for row in rows))),
+            "labels": torch.stack([torch.as_tensor(row["labels"]) for row in rows]),
+        }
+    return default_data_collator([{k: row[k] for k in ("pixel_values", "labels", "label") if k in row} for row in rows])
 
 
-def collate_features(batch: dict | list[dict]) -> dict:
-    """FeatureDataset batches (from `__getitems__`) or rows -> {"head_inputs", "labels"}."""
-    if isinstance(batch, dict):
-        return batch
-    return {
-        "head_inputs": tuple(torch.stack(parts) for parts in zip(*(row["head_inputs"] for row in batch))),
-        "labels": torch.stack([torch.as_tensor(row["labels"]) for row in batch]),
-    }
+@dataclass
+class BatchCollator:
+    """The trainer's collator: a cached batch fetched whole (`__getitems__` returns a dict) passes through; lists of
+    rows go to `collate` (the caller's `data_collator`, or `collate_rows`)."""
+
+    collate: Callable = collate_rows
+
+    def __call__(self, batch):
+        return batch if isinstance(batch, dict) else self.collate(batch)
+
+
+class _EpochToDataset(TrainerCallback):
+    """Tells the training dataset the epoch starting, which picks its views (exact after a resume too:
+    `state.epoch` is then e + done/steps). Accelerate forwards `set_epoch` to datasets in one process only."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(int(state.epoch or 0))
+
+
+@dataclass
+class CacheSettings:
+    """Where and how the feature cache is built."""
+
+    directory: str
+    dtype: str = "float32"
+    batch_size: int = 64
+    device: torch.device | str = "cpu"
+    num_workers: int = 0
+    pin_memory: bool = False
 
 
 @torch.no_grad()
-def compute_head_inputs(
+def build_feature_cache(
     model: DualSigmoidForImageClassification,
     dataset,
     transform: ImageTransform,
-    cache_path: str,
-    batch_size: int = 64,
-    device: torch.device | str = "cpu",
-) -> FeatureDataset:
-    """Run the frozen classifier once over `dataset` and keep what feeds its head(s).
+    schedule: ViewSchedule,
+    settings: CacheSettings,
+) -> CachedFeatures:
+    """Run the frozen classifier over `dataset` (each of `schedule.views` views) and stream what feeds its head(s)
+    into a cache under `settings.directory`, named by its key; a complete cache with the same key is reused.
 
-    Each process computes a contiguous shard (with a progress bar on the main process) and writes it to
-    `cache_path`.rank<k> (atomically); then every process loads all shards, so all see the same features.
+    Each process computes a contiguous shard; then every process maps all shards, so all see the same features.
     """
     state = PartialState()
-    rank, world = state.process_index, state.num_processes
-    bounds = np.linspace(0, len(dataset), world + 1).astype(int)
-    shard = dataset.select_columns(["image", "label"]).select(range(bounds[rank], bounds[rank + 1]))
-    loader = DataLoader(shard, batch_size=batch_size, collate_fn=ImageClassificationCollator(transform))
-    model = model.to(device).eval()
-    parts, labels = [], []
-    for batch in tqdm(loader, desc=f"caching head inputs ({len(dataset)} images)", disable=not state.is_main_process):
-        out = model(pixel_values=batch["pixel_values"].to(device))
-        parts.append([t.float().cpu() for t in out.head_inputs])
-        labels.append(batch["labels"])
-    tensors = {f"head_input_{i}": torch.cat(p) for i, p in enumerate(zip(*parts))} if parts else {}
-    tensors["labels"] = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
-    write_atomically(
-        f"{cache_path}.rank{rank}", lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-    )
+    directory = os.path.join(settings.directory, _cache_name(model, dataset, transform, schedule, settings.dtype))
+    if not is_complete(directory):
+        bounds = np.linspace(0, len(dataset), state.num_processes + 1).astype(int)
+        rows = range(bounds[state.process_index], bounds[state.process_index + 1])
+        _write_shard(model, dataset, transform, schedule, rows, directory, settings, state)
+        state.wait_for_everyone()
+        if state.is_main_process:
+            shard_rows = np.diff(bounds).tolist()
+            mark_complete(
+                directory, shard_rows, schedule.views, len(model.config.head_paths), schedule.seed, settings.dtype
+            )
     state.wait_for_everyone()
-    shards = [load_file(f"{cache_path}.rank{r}") for r in range(world)]
-    num_heads = len(model.config.head_paths)
-    head_inputs = [
-        torch.cat([s[f"head_input_{i}"] for s in shards if f"head_input_{i}" in s]) for i in range(num_heads)
-    ]
-    return FeatureDataset(head_inputs, torch.cat([s["labels"] for s in shards]))
+    return CachedFeatures(directory)
+
+
+def _cache_name(model, dataset, transform, schedule, dtype) -> str:
+    """The cache's key: frozen weights, head paths, transform, dataset fingerprint, views (and their seed), dtype."""
+    seed = schedule.seed if transform.is_random else None
+    weights = tensors_digest(model.classifier.state_dict())
+    parts = (
+        weights,
+        model.config.head_paths,
+        repr(transform),
+        dataset._fingerprint,
+        len(dataset),
+        schedule.views,
+        seed,
+        dtype,
+    )
+    return cache_key("hf_dualsig feature cache v2", *parts)[:32]
+
+
+def _write_shard(model, dataset, transform, schedule, rows, directory, settings, state) -> None:
+    writer = ShardWriter(directory, state.process_index, len(rows), settings.dtype)
+    device = torch.device(settings.device)
+    model = model.to(device).eval()
+    images = dataset.select_columns(["image", "label"])
+    for view in range(schedule.views):
+        loader = DataLoader(
+            Subset(TransformedDataset(images, transform, schedule, view), rows),
+            batch_size=settings.batch_size,
+            num_workers=settings.num_workers,
+            pin_memory=settings.pin_memory and device.type == "cuda",
+            collate_fn=default_data_collator,
+        )
+        desc = f"caching head inputs, view {view + 1}/{schedule.views} ({len(dataset)} images)"
+        for batch in tqdm(loader, desc=desc, disable=not state.is_main_process):
+            out = model(pixel_values=batch["pixel_values"].to(device, non_blocking=True))
+            for head, features in enumerate(out.head_inputs):
+                writer.append(f"view{view}.head{head}", features)
+            if view == 0:
+                writer.append("labels", batch["labels"])
+    writer.close()
 
 
 def preprocess_logits_for_metrics(logits, labels) -> torch.Tensor:
@@ -118,11 +191,18 @@ def compute_head_accuracies(prediction: EvalPrediction) -> dict:
 class DualSigmoidTrainer(Trainer):
     """`Trainer` for the sigmoid branch of a [`DualSigmoidForImageClassification`].
 
-    Takes raw image datasets (columns `image` and `label`) and the transforms to apply. Only `sigmoid_head`
-    has trainable parameters, so the optimiser sees nothing else; the backbone stays in eval mode; evaluation
-    reports both heads' accuracy and the BCE. With `use_feature_cache` (default: whenever the training transform
-    is deterministic) the frozen classifier runs once over each split and the head trains on its cached inputs;
-    the result is the same head as training through the backbone.
+    Datasets may yield `pixel_values` and `labels` (a `with_transform` dataset, any torch dataset; with any
+    `data_collator`): training then goes through the frozen backbone. Or they hold raw images (a `datasets.Dataset`
+    with columns `image` and `label`) and come with `train_transform` (and optionally `eval_transform`, by default
+    the training one without augmentation): then, with `use_feature_cache` (default: whenever the training
+    transform is deterministic, or `feature_cache_views` is given), the frozen classifier runs once over each split
+    and the head trains on its cached inputs, the same head as training through the backbone. With a random
+    training transform, `feature_cache_views=K` caches K augmented views and each epoch draws one per image (see
+    `feature_cache.ViewSchedule`); with `use_feature_cache=False` too, training goes through the backbone with the
+    same draws. Caches live in `feature_cache_dir` (default `output_dir/feature_cache`), keyed by the frozen
+    weights, transform, dataset fingerprint, views and `feature_cache_dtype` ("float32", "float16", "bfloat16"),
+    and are reused by any run with the same key. Only `sigmoid_head` has trainable parameters; the backbone stays
+    in eval mode; evaluation reports both heads' accuracy and the BCE.
     """
 
     def __init__(
@@ -134,6 +214,9 @@ class DualSigmoidTrainer(Trainer):
         train_transform: ImageTransform | None = None,
         eval_transform: ImageTransform | None = None,
         use_feature_cache: bool | None = None,
+        feature_cache_views: int | None = None,
+        feature_cache_dtype: str = "float32",
+        feature_cache_dir: str | None = None,
         **kwargs,
     ):
         if not isinstance(model, DualSigmoidForImageClassification):
@@ -141,36 +224,34 @@ class DualSigmoidTrainer(Trainer):
                 f"DualSigmoidTrainer trains a DualSigmoidForImageClassification, got {type(model).__name__}; "
                 "convert it with DualSigmoidForImageClassification.from_classifier(model)."
             )
-        if train_transform is None:
-            raise ValueError("train_transform is required: use data.transform_from_processor(image_processor).")
-        eval_transform = eval_transform or ImageTransform(**{**vars(train_transform), "augment": False})
-        self.uses_feature_cache = _decide_feature_cache(use_feature_cache, train_transform)
-        args.remove_unused_columns = False  # our datasets yield exactly the model's inputs
+        check_dtype(feature_cache_dtype)
+        if feature_cache_views is not None and (not isinstance(feature_cache_views, int) or feature_cache_views < 1):
+            raise ValueError(f"feature_cache_views={feature_cache_views!r}: expected a positive integer.")
+        kinds = {"train": _row_kind(train_dataset, "train_dataset"), "eval": _row_kind(eval_dataset, "eval_dataset")}
+        train_transform, eval_transform = _check_transforms(kinds, train_transform, eval_transform)
+        self.uses_feature_cache = _decide_feature_cache(
+            use_feature_cache, feature_cache_views, kinds, train_dataset if kinds["train"] else eval_dataset,
+            train_transform if kinds["train"] else eval_transform,
+        )  # fmt: skip
+        schedule = ViewSchedule(feature_cache_views or 1, args.seed)
+        settings = CacheSettings(
+            directory=feature_cache_dir or os.path.join(args.output_dir, "feature_cache"),
+            dtype=feature_cache_dtype,
+            batch_size=args.per_device_eval_batch_size,
+            device=args.device,
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory,
+        )
+        feed = _Feed(model, self.uses_feature_cache, settings)
+        train_dataset = feed(train_dataset, kinds["train"], train_transform, schedule if feature_cache_views else None)
+        eval_dataset = feed(eval_dataset, kinds["eval"], eval_transform, None)
+        if feature_cache_views and feature_cache_views > 1:
+            kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), _EpochToDataset(train_dataset)]
+        args.remove_unused_columns = False  # a with_transform dataset needs its raw columns; ours are the inputs
         kwargs.setdefault("compute_metrics", compute_head_accuracies)
         kwargs.setdefault("preprocess_logits_for_metrics", preprocess_logits_for_metrics)
-        if self.uses_feature_cache:
-            cache = os.path.join(args.output_dir, "feature_cache")
-            batch = args.per_device_eval_batch_size
-            train_dataset = train_dataset and compute_head_inputs(
-                model, train_dataset, train_transform, os.path.join(cache, "train"), batch, args.device
-            )
-            eval_dataset = eval_dataset and compute_head_inputs(
-                model, eval_dataset, eval_transform, os.path.join(cache, "eval"), batch, args.device
-            )
-            collator = collate_features
-        else:
-            train_dataset = train_dataset and TransformedDataset(train_dataset, train_transform)
-            eval_dataset = eval_dataset and TransformedDataset(eval_dataset, eval_transform)
-            collator = default_data_collator
-        super().__init__(
-            model=model,
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            data_collator=collator,
-            **kwargs,
-        )
-
+        kwargs["data_collator"] = BatchCollator(kwargs.get("data_collator") or collate_rows)
+        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, **kwargs)
 
     def train(self, *args, **kwargs):
         """Train the sigmoid branch; afterwards the config records that it was trained (`sigmoid_head_trained`)."""
@@ -179,14 +260,92 @@ class DualSigmoidTrainer(Trainer):
         return output
 
 
-def _decide_feature_cache(requested: bool | None, transform: ImageTransform) -> bool:
-    if requested and transform.augment:
+@dataclass
+class _Feed:
+    """Turns one split into what the trainer iterates: cached head inputs, transformed images, or the dataset as is."""
+
+    model: DualSigmoidForImageClassification
+    use_cache: bool
+    settings: CacheSettings
+
+    def __call__(self, dataset, kind: str | None, transform: ImageTransform | None, schedule: ViewSchedule | None):
+        if kind != "image":
+            return dataset
+        if self.use_cache and _cacheable(dataset) and (schedule is not None or not transform.is_random):
+            return build_feature_cache(self.model, dataset, transform, schedule or ViewSchedule(1, 0), self.settings)
+        return TransformedDataset(dataset, transform, schedule)
+
+
+def _row_kind(dataset, name: str) -> str | None:
+    """What rows of `dataset` hold: "image" (raw image and label), "pixel_values" or "head_inputs"."""
+    if dataset is None:
+        return None
+    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+        return "pixel_values"  # an iterable dataset: taken as ready for the model
+    if len(dataset) == 0:
+        raise ValueError(f"{name} is empty.")
+    row = dataset[0]
+    for kind in ("head_inputs", "pixel_values", "image"):
+        if kind in row:
+            return kind
+    raise ValueError(
+        f"{name} rows have keys {sorted(row)}: expected pixel_values and labels (ready for the model), image and "
+        "label (raw images, with a transform), or head_inputs and labels (cached features)."
+    )
+
+
+def _check_transforms(kinds: dict, train_transform, eval_transform) -> tuple:
+    """The transforms for raw-image splits (eval: the training one without augmentation by default)."""
+    if kinds["train"] == "image" and train_transform is None:
         raise ValueError(
-            "use_feature_cache=True needs a deterministic training transform, but train_transform.augment=True; "
-            "drop the augmentation or set use_feature_cache=False."
+            "train_dataset holds raw images (image, label): pass train_transform=ImageTransform(...) "
+            "(data.transform_from_processor(image_processor)), or a dataset that yields pixel_values and labels."
         )
-    if requested is None and transform.augment:
-        logger.warning(
-            "Random augmentation in the training transform: feature cache off, training through the backbone."
+    if kinds["train"] not in (None, "image") and train_transform is not None:
+        raise ValueError(f"train_transform is for raw images, but train_dataset already yields {kinds['train']}.")
+    if eval_transform is None and train_transform is not None:
+        eval_transform = ImageTransform(**{**vars(train_transform), "augment": False})
+    if kinds["eval"] == "image" and eval_transform is None:
+        raise ValueError("eval_dataset holds raw images (image, label): pass eval_transform=ImageTransform(...).")
+    return train_transform, eval_transform
+
+
+def _cacheable(dataset) -> bool:
+    """Whether a raw-image dataset can key a cache (a `datasets.Dataset` fingerprint)."""
+    return hasattr(dataset, "_fingerprint") and hasattr(dataset, "select_columns")
+
+
+def _decide_feature_cache(requested: bool | None, views: int | None, kinds: dict, dataset, transform) -> bool:
+    """Whether the trainer trains on head inputs; raises when the request contradicts the data."""
+    kind = kinds["train"] or kinds["eval"]
+    if kind == "head_inputs":
+        if requested is False:
+            raise ValueError("use_feature_cache=False, but the dataset already yields head_inputs (cached features).")
+        return True
+    if kind != "image" or not _cacheable(dataset):
+        if requested or views:
+            argument = "use_feature_cache=True" if requested else "feature_cache_views"
+            raise ValueError(
+                f"{argument} needs raw images (a datasets.Dataset with image and label) and an ImageTransform: only "
+                "then can the trainer prove its inputs deterministic (or replay their random draws)."
+            )
+        return False
+    if views and views > 1 and not transform.is_random:
+        raise ValueError(
+            f"feature_cache_views={views} needs a random train_transform (augment=...): a deterministic one gives "
+            f"{views} identical views."
         )
-    return transform.augment is False if requested is None else requested
+    if transform.is_random and not views:
+        if requested:
+            raise ValueError(
+                "use_feature_cache=True needs a deterministic training transform, but train_transform.augment="
+                f"{transform.augment!r}; cache K augmented views with feature_cache_views=K, drop the augmentation, "
+                "or set use_feature_cache=False."
+            )
+        if requested is None:
+            logger.warning(
+                "Random augmentation in the training transform: feature cache off, training through the backbone "
+                "(feature_cache_views=K caches K augmented views)."
+            )
+        return False
+    return requested is not False

@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import transformers as T
+from PIL import Image
 
 from hf_dualsig import DualSigmoidForImageClassification
 from hf_dualsig.data.transforms import ImageTransform
@@ -40,16 +42,144 @@ def _train_head(classifier_dir, synthetic, out, **overrides):
         seed=5,
     )
     settings.update(overrides.pop("args", {}))
-    overrides.setdefault("train_transform", TRANSFORM)
-    trainer = DualSigmoidTrainer(
-        dual,
-        DualSigTrainingArguments(**settings),
-        train_dataset=synthetic["train"],
-        eval_dataset=synthetic["validation"],
-        **overrides,
-    )
+    inputs = {
+        "train_dataset": synthetic["train"],
+        "eval_dataset": synthetic["validation"],
+        "train_transform": TRANSFORM,
+    }
+    trainer = DualSigmoidTrainer(dual, DualSigTrainingArguments(**settings), **{**inputs, **overrides})
     trainer.train()
     return dual, trainer
+
+
+def _assert_same_head(a, b, atol):
+    for key, value in a.sigmoid_head.state_dict().items():
+        torch.testing.assert_close(b.sigmoid_head.state_dict()[key], value, atol=atol, rtol=0)
+
+
+class PixelRows(torch.utils.data.Dataset):
+    """A plain torch dataset of {"pixel_values", "labels"} rows."""
+
+    def __init__(self, dataset):
+        self.rows = [{"pixel_values": TRANSFORM(r["image"]), "labels": r["label"]} for r in dataset]
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        return self.rows[index]
+
+
+def _example_transform(batch):
+    """transformers' image-classification example: pixel_values added, the raw columns kept."""
+    return {**batch, "pixel_values": [TRANSFORM(image) for image in batch["image"]]}
+
+
+def _example_collate(examples):
+    return {
+        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+        "labels": torch.tensor([e["label"] for e in examples]),
+    }
+
+
+def test_ready_datasets_train_the_same_head_as_raw_images_with_a_transform(tiny_classifier_dir, synthetic, tmp_path):
+    raw, raw_trainer = _train_head(tiny_classifier_dir, synthetic, tmp_path / "raw")
+    streamed, streamed_trainer = _train_head(
+        tiny_classifier_dir,
+        synthetic,
+        tmp_path / "with_transform",
+        train_dataset=synthetic["train"].with_transform(_example_transform),
+        eval_dataset=synthetic["validation"].with_transform(_example_transform),
+        train_transform=None,
+        data_collator=_example_collate,
+    )
+    plain, plain_trainer = _train_head(
+        tiny_classifier_dir,
+        synthetic,
+        tmp_path / "torch",
+        train_dataset=PixelRows(synthetic["train"]),
+        eval_dataset=PixelRows(synthetic["validation"]),
+        train_transform=None,
+    )
+    assert raw_trainer.uses_feature_cache and not streamed_trainer.uses_feature_cache
+    assert not plain_trainer.uses_feature_cache
+    _assert_same_head(raw, streamed, atol=1e-5)
+    _assert_same_head(raw, plain, atol=1e-5)
+    assert streamed_trainer.evaluate()["eval_loss"] == pytest.approx(raw_trainer.evaluate()["eval_loss"], rel=1e-5)
+    assert plain.config.sigmoid_head_trained
+
+
+CROP_FLIP = ImageTransform(32, 32, augment="crop_flip")
+
+
+def test_k_view_cache_trains_the_same_head_as_the_backbone_with_the_same_draws(
+    tiny_classifier_dir, synthetic, tmp_path
+):
+    options = dict(train_transform=CROP_FLIP, feature_cache_views=3, args={"num_train_epochs": 3})
+    cached, trainer = _train_head(tiny_classifier_dir, synthetic, tmp_path / "cache", **options)
+    direct, direct_trainer = _train_head(
+        tiny_classifier_dir, synthetic, tmp_path / "direct", use_feature_cache=False, **options
+    )
+    assert trainer.uses_feature_cache and not direct_trainer.uses_feature_cache
+    _assert_same_head(cached, direct, atol=1e-5)
+    cache, index = trainer.train_dataset, np.arange(48)
+    views = [cache.rows(index, np.full(48, k))["head_inputs"][0] for k in range(3)]
+    for a, b in ((0, 1), (0, 2), (1, 2)):  # 6 x 6 crops x 2 flips: a few images draw the same crop twice
+        assert ((views[a] - views[b]).abs().amax(1) > 1e-3).float().mean() > 0.8
+    seen = set()
+    for epoch in range(3):  # 3 epochs show each image each of its 3 views once
+        cache.set_epoch(epoch)
+        seen |= {(i, int(v)) for i, v in zip(index, cache.schedule.views_of(index))}
+    assert seen == {(i, k) for i in range(48) for k in range(3)}
+    with pytest.raises(AssertionError):  # the draws matter: one view every epoch trains another head
+        other, _ = _train_head(
+            tiny_classifier_dir, synthetic, tmp_path / "one", **{**options, "feature_cache_views": 1}
+        )
+        _assert_same_head(cached, other, atol=1e-5)
+
+
+def test_crop_flip_is_the_authors_recipe_drawn_from_the_given_generator():
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    transform = ImageTransform(28, 28, augment="crop_flip")  # resize to 32x32, crop 28: 5 x 5 offsets x 2 flips
+    big = ImageTransform(32, 32)(image)
+    windows = {
+        (top, left, flip): (big.flip(-1) if flip else big)[:, top : top + 28, left : left + 28]
+        for top in range(5) for left in range(5) for flip in (0, 1)
+    }  # fmt: skip
+    drawn = set()
+    for seed in range(40):
+        out = transform(image, torch.Generator().manual_seed(seed))
+        assert torch.equal(out, transform(image, torch.Generator().manual_seed(seed)))
+        torch.manual_seed(seed)
+        assert torch.equal(out, transform(image))  # the same draws as torch's global generator seeded alike
+        drawn |= {key for key, window in windows.items() if torch.equal(out, window)}
+    assert len({key[2] for key in drawn}) == 2 and len({key[:2] for key in drawn}) > 5
+    with pytest.raises(ValueError, match="augment"):
+        ImageTransform(28, 28, augment="crop")
+
+
+def test_bad_trainer_arguments_fail_before_any_work(tiny_classifier_dir, synthetic, tmp_path):
+    cases = [
+        (dict(train_transform=None), "train_transform"),
+        (dict(train_dataset=PixelRows(synthetic["train"])), "train_transform is for raw images"),
+        (
+            dict(
+                train_dataset=PixelRows(synthetic["train"]),
+                eval_dataset=None,
+                train_transform=None,
+                use_feature_cache=True,
+            ),
+            "use_feature",
+        ),
+        (dict(feature_cache_views=2), "feature_cache_views=2 needs a random"),
+        (dict(feature_cache_views=0), "feature_cache_views"),
+        (dict(feature_cache_dtype="int8"), "feature_cache_dtype"),
+        (dict(train_dataset=synthetic["train"].select([])), "train_dataset is empty"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(ValueError, match=message):
+            _train_head(tiny_classifier_dir, synthetic, tmp_path, **overrides)
+    assert not (tmp_path / "feature_cache").exists()
 
 
 def test_feature_cache_trains_the_same_head_and_freezes_the_rest(tiny_classifier_dir, synthetic, tmp_path):
