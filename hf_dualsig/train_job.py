@@ -77,6 +77,13 @@ class ModelArguments:
         metadata={"help": "Train the head on cached features (default: when the transform is deterministic)."},
     )
     augment: bool = field(default=False, metadata={"help": "Random crops and flips in stage 2 (turns the cache off)."})
+    feature_cache_views: int | None = field(
+        default=None,
+        metadata={
+            "help": "Cache K augmented views of the training set (the backbone runs K times; each epoch draws one "
+            "view per image), so that augmented training (--augment, --recipe paper) also trains on cached features."
+        },
+    )
 
     def __post_init__(self):
         choices = {"stage": STAGES, "recipe": RECIPES, "sigmoid_head_init": SIGMOID_HEAD_INITS}
@@ -88,6 +95,8 @@ class ModelArguments:
         value = _number_or(self.pos_weight)
         if value not in POS_WEIGHT_MODES and not (isinstance(value, float) and value > 0):
             raise ValueError(f"--pos_weight {self.pos_weight!r}: expected one of {POS_WEIGHT_MODES} or a number > 0.")
+        if self.feature_cache_views is not None and self.feature_cache_views < 1:
+            raise ValueError(f"--feature_cache_views {self.feature_cache_views}: must be a positive integer.")
         for name in ("softmax_epochs", "softmax_learning_rate", "lr_classifier_ratio", "lr_decay_frequency"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name} {getattr(self, name)}: must be > 0.")
@@ -220,6 +229,7 @@ def sigmoid_trainer(dual, processor, splits, model: ModelArguments, args: Traini
         train_transform=train_transform,
         eval_transform=eval_transform,
         use_feature_cache=model.use_feature_cache,
+        feature_cache_views=model.feature_cache_views,
         **kwargs,
     )
 

@@ -116,6 +116,8 @@ def test_paper_recipe_builds_the_authors_optimiser_schedule_and_transforms(tiny_
         dual, processor, splits, ModelArguments(recipe="paper", lr_classifier_ratio=10, use_feature_cache=False), args
     )
     assert ratio.optimizer.param_groups[0]["lr"] == pytest.approx(0.03)
+    cached = sigmoid_trainer(dual, processor, splits, ModelArguments(recipe="paper", feature_cache_views=2), args)
+    assert cached.uses_feature_cache and len(cached.train_dataset) == len(splits["train"])
 
 
 def test_a_stray_label_is_an_error_naming_its_row(synthetic):
