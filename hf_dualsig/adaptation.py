@@ -10,6 +10,7 @@ import logging
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .backbones import get_adapter, resolve_module
@@ -63,21 +64,40 @@ def cached_inputs(classifier, module: nn.Module, dataset, transform, batch_size:
     return torch.cat(parts), torch.tensor(labels)
 
 
-def adapt(classifier, mode: str, train, eval_split, transform, epochs: int, learning_rate: float, seed: int) -> dict:
+class HeadInputs(Dataset):
+    """Rows {"head_inputs": (features,), "labels": label} for `DualSigmoidTrainer` (cached features)."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"head_inputs": (self.features[index],), "labels": self.labels[index]}
+
+
+def adapt(
+    classifier, mode: str, train, eval_split, transform, epochs: int, learning_rate: float, seed: int
+) -> tuple[dict, dict[str, HeadInputs]]:
     """Train the head (`linear_probe`) or the top block and head (`top`) of `classifier` in place, with AdamW and
-    cross-entropy on cached features; returns train and eval accuracy."""
+    cross-entropy on cached features. Returns train and eval accuracy, and what now feeds the head for every image
+    of both splits (the adapted classifier's head inputs, ready for stage 2 without another pass)."""
     check_adapt_mode(mode, classifier)
     classifier.requires_grad_(False)
     head = resolve_module(classifier, get_adapter(classifier).head_paths[0])
     if mode == "linear_probe":
         start, modules = head, [head]
-        tail = head
+        tail, features = head, nn.Identity()
     else:
         conv, norm, activation = (resolve_module(classifier, name) for name in TOP_BLOCKS[type(classifier).__name__])
         start, modules = conv, [conv, norm, head]
 
+        def features(x):
+            return activation(norm(conv(x))).mean(dim=(2, 3))
+
         def tail(x):
-            return head(activation(norm(conv(x))).mean(dim=(2, 3)))
+            return head(features(x))
 
     x_train, y_train = cached_inputs(classifier, start, train, transform)
     x_eval, y_eval = cached_inputs(classifier, start, eval_split, transform)
@@ -103,10 +123,17 @@ def adapt(classifier, mode: str, train, eval_split, transform, epochs: int, lear
             "mode": mode,
             "epochs": int(epochs),
         }
+        head_inputs = {
+            "train": HeadInputs(_batched(features, x_train, classifier.device), y_train),
+            "eval": HeadInputs(_batched(features, x_eval, classifier.device), y_eval),
+        }
     logger.info("stage 1 (%s): %s", mode, metrics)
-    return metrics
+    return metrics, head_inputs
+
+
+def _batched(fn, x: torch.Tensor, device) -> torch.Tensor:
+    return torch.cat([fn(x[i : i + 256].to(device)).float().cpu() for i in range(0, len(x), 256)])
 
 
 def _accuracy(tail, x, y, device) -> float:
-    predictions = torch.cat([tail(x[i : i + 256].to(device)).argmax(-1).cpu() for i in range(0, len(x), 256)])
-    return float((predictions == y).float().mean())
+    return float((_batched(tail, x, device).argmax(-1) == y).float().mean())

@@ -18,7 +18,7 @@ import torch
 from accelerate import PartialState
 from transformers import AutoImageProcessor, AutoModelForImageClassification, Trainer, TrainingArguments, set_seed
 
-from .adaptation import ADAPT_MODES, adapt, check_adapt_mode, default_adapt_mode
+from .adaptation import ADAPT_MODES, HeadInputs, adapt, check_adapt_mode, default_adapt_mode
 from .configuration_dualsig import POS_WEIGHT_MODES, SIGMOID_HEAD_INITS
 from .convert_efficientnet_lite import cached_efficientnet_lite0
 from .data.loaders import check_label_names, check_split
@@ -163,10 +163,11 @@ def train_softmax(classifier, processor, splits, model: ModelArguments, args: Tr
     mode = model.softmax_train or default_adapt_mode(classifier)
     output_dir = os.path.join(args.output_dir, "softmax")
     eval_transform = transform_from_processor(processor)
+    head_inputs = None
     if mode == "full":
         metrics = _fine_tune(classifier, splits, eval_transform, model, args, output_dir)
     else:
-        metrics = adapt(
+        metrics, head_inputs = adapt(
             classifier,
             mode,
             splits["train"],
@@ -180,7 +181,7 @@ def train_softmax(classifier, processor, splits, model: ModelArguments, args: Tr
         classifier.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
     logger.info("stage 1 (%s): %s", mode, metrics)
-    return classifier.eval(), metrics
+    return classifier.eval(), metrics, head_inputs
 
 
 def _fine_tune(classifier, splits, eval_transform, model: ModelArguments, args: TrainingArguments, output_dir: str):
@@ -212,7 +213,9 @@ def _fine_tune(classifier, splits, eval_transform, model: ModelArguments, args: 
 
 def sigmoid_trainer(dual, processor, splits, model: ModelArguments, args: TrainingArguments) -> DualSigmoidTrainer:
     """The stage-2 trainer of `dual`: the default recipe, or the authors' (`--recipe paper`: their optimiser,
-    schedule and crop-and-flip augmentation)."""
+    schedule and crop-and-flip augmentation). `splits` hold raw images, or head inputs cached by stage 1."""
+    if isinstance(splits["train"], HeadInputs):
+        return DualSigmoidTrainer(dual, args, train_dataset=splits["train"], eval_dataset=splits["eval"])
     eval_transform = transform_from_processor(processor)
     kwargs = {}
     if model.recipe == "paper":
@@ -260,7 +263,9 @@ def train_sigmoid(classifier, processor, splits, model: ModelArguments, args: Tr
         config_kwargs={"pos_weight": _number_or(model.pos_weight), "sigmoid_head_init": model.sigmoid_head_init},
     )
     if model.pos_weight == "inverse_frequency":
-        dual.config.class_counts = [int(c) for c in np.bincount(splits["train"]["label"], minlength=dual.config.num_labels)]
+        train = splits["train"]
+        labels = train.labels.numpy() if isinstance(train, HeadInputs) else np.asarray(train["label"])
+        dual.config.class_counts = np.bincount(labels, minlength=dual.config.num_labels).tolist()
     trainer = sigmoid_trainer(dual, processor, splits, model, args)
     trainer.train(resume_from_checkpoint=last_checkpoint(args.output_dir, args.resume_from_checkpoint))
     metrics = trainer.evaluate()
@@ -316,8 +321,9 @@ def _run(model, data, args, evaluation, hub) -> dict:
             check_adapt_mode(model.softmax_train, classifier)
         splits = {name: check_split(ds, name, len(names)) for name, ds in splits.items()}
         _check_finite(classifier, splits["train"], processor, model.model_name_or_path or DEFAULT_MODEL)
-        classifier, result["softmax"] = train_softmax(classifier, processor, splits, model, args)
+        classifier, result["softmax"], head_inputs = train_softmax(classifier, processor, splits, model, args)
     else:
+        head_inputs = None
         classifier = AutoModelForImageClassification.from_pretrained(model.model_name_or_path)
         processor = AutoImageProcessor.from_pretrained(model.model_name_or_path)
         check_label_names(splits["train"], classifier.config.id2label)
@@ -327,7 +333,9 @@ def _run(model, data, args, evaluation, hub) -> dict:
         test = check_split(test, evaluation.test_split, classifier.config.num_labels, drop_undecodable=False)
     if model.stage == "softmax":
         return dict(result, output_dir=os.path.join(args.output_dir, "softmax"), num_processes=args.world_size)
-    dual, result["sigmoid"] = train_sigmoid(classifier, processor, splits, model, args)
+    # stage 1's cached features serve stage 2 when its inputs are the same deterministic images
+    reuse = head_inputs and model.recipe == "default" and not model.augment and model.use_feature_cache is not False
+    dual, result["sigmoid"] = train_sigmoid(classifier, processor, head_inputs if reuse else splits, model, args)
     wsol = None
     if test is not None:
         eval_dir = os.path.join(args.output_dir, "eval")

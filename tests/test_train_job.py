@@ -9,7 +9,7 @@ import torch
 import transformers as T
 
 from hf_dualsig import DualSigmoidForImageClassification
-from hf_dualsig.adaptation import TOP_BLOCKS, cached_inputs
+from hf_dualsig.adaptation import TOP_BLOCKS, adapt, cached_inputs
 from hf_dualsig.backbones import resolve_module
 from hf_dualsig.data.splits import DataArguments
 from hf_dualsig.data.transforms import transform_from_processor
@@ -61,6 +61,27 @@ def test_top_block_tail_reproduces_the_classifier(synthetic):
         tail = classifier.classifier(activation(norm(conv(inputs))).mean(dim=(2, 3)))
     torch.testing.assert_close(tail, expected, atol=1e-5, rtol=1e-5)
     assert labels.tolist() == synthetic["test"]["label"]
+
+
+@pytest.mark.parametrize("mode", ["top", "linear_probe"])
+def test_stage_one_hands_stage_two_the_adapted_models_own_head_inputs(synthetic, mode):
+    classifier = tiny_classifier("efficientnet", num_labels=4)
+    transform = transform_from_processor(T.ViTImageProcessorPil(size={"height": 32, "width": 32}))
+    before = {k: v.clone() for k, v in classifier.state_dict().items()}
+    metrics, head_inputs = adapt(classifier, mode, synthetic["train"], synthetic["test"], transform, 2, 1e-3, 0)
+    changed = {k for k, v in classifier.state_dict().items() if not torch.equal(v, before[k])}
+    expected_changed = {"classifier.weight", "classifier.bias"}
+    if mode == "top":
+        expected_changed |= {"efficientnet.encoder.top_conv.weight", "efficientnet.encoder.top_bn.weight",
+                             "efficientnet.encoder.top_bn.bias"}  # fmt: skip
+    assert changed == expected_changed  # BatchNorm running statistics untouched
+    dual = DualSigmoidForImageClassification.from_classifier(classifier)
+    pixels = torch.stack([transform(image) for image in synthetic["test"]["image"]])
+    with torch.no_grad():
+        expected = dual(pixels).head_inputs[0]
+    cached = torch.stack([head_inputs["eval"][i]["head_inputs"][0] for i in range(len(head_inputs["eval"]))])
+    torch.testing.assert_close(cached, expected, atol=1e-5, rtol=1e-5)
+    assert 0 <= metrics["eval_accuracy"] <= 1 and metrics["mode"] == mode
 
 
 def test_two_stage_job_adapts_the_top_block_then_trains_and_evaluates_the_branch(tiny_efficientnet_dir, tmp_path):
