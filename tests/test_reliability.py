@@ -168,3 +168,14 @@ def test_evaluate_refuses_an_unwritable_output_folder_and_corrupt_weights_before
         evaluate_main(["--model_name_or_path", str(tmp_path / "model"), *small])
     assert not (tmp_path / "model" / "eval" / "results.json").exists()
     assert os.path.isdir(tmp_path / "model")
+
+
+def test_explain_script_checks_its_arguments_before_work(tmp_path):
+    explain_main = _script("explain").main
+    with pytest.raises(ValueError, match="--methods"):
+        explain_main(["--methods", "cam,smoothgrad", "--output_dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="--heads"):
+        explain_main(["--heads", "softmax,logistic", "--output_dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="--images"):
+        explain_main(["--model_name_or_path", str(tmp_path), "--images", str(tmp_path / "none.jpg")])
+    assert list(tmp_path.iterdir()) == []
