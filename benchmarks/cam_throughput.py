@@ -11,10 +11,8 @@ Usage: python benchmarks/cam_throughput.py [--batch 8] [--repeats 3]
 import argparse
 import ctypes
 import gc
-import sys
 import threading
 import time
-from pathlib import Path
 
 import psutil
 import torch
@@ -31,10 +29,19 @@ from hf_dualsig import (
 from hf_dualsig.backbones import resolve_module
 from hf_dualsig.convert_efficientnet_lite import convert_efficientnet_lite0
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_cam import HeadLogits  # noqa: E402  (the oracle's logits wrapper lives in the tests)
-
 ORACLES = {"cam": GradCAM, "gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "xgradcam": XGradCAM, "layercam": LayerCAM}
+
+
+class HeadLogits(torch.nn.Module):
+    """What pytorch-grad-cam needs: a module returning one head's logits."""
+
+    def __init__(self, model, head):
+        super().__init__()
+        self.model, self.head = model, head
+
+    def forward(self, x):
+        out = self.model(pixel_values=x)
+        return out.sigmoid_logits if self.head == "sigmoid" else out.logits
 
 
 class PeakRSS:
