@@ -1,5 +1,6 @@
 """Training the sigmoid branch: `DualSigmoidTrainer`, fed through the frozen backbone or from its feature cache."""
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -247,7 +248,8 @@ class DualSigmoidTrainer(Trainer):
         eval_dataset = feed(eval_dataset, kinds["eval"], eval_transform, None)
         if feature_cache_views and feature_cache_views > 1:
             kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), _EpochToDataset(train_dataset)]
-        args.remove_unused_columns = False  # a with_transform dataset needs its raw columns; ours are the inputs
+        # a with_transform dataset needs its raw columns; ours are the inputs (a copy: the caller's args stay as given)
+        args = dataclasses.replace(args, remove_unused_columns=False)
         kwargs.setdefault("compute_metrics", compute_head_accuracies)
         kwargs.setdefault("preprocess_logits_for_metrics", preprocess_logits_for_metrics)
         kwargs["data_collator"] = BatchCollator(kwargs.get("data_collator") or collate_rows)

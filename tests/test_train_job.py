@@ -93,6 +93,12 @@ def test_two_stage_job_adapts_the_top_block_then_trains_and_evaluates_the_branch
         EvalArguments(methods="cam,gradcam", insertion_deletion_steps=0, eval_size=64),
     )
     assert result["softmax"]["mode"] == "top"
+    softmax, sigmoid = result["softmax"], result["sigmoid"]
+    assert sigmoid["eval_accuracy_softmax"] == pytest.approx(softmax["eval_accuracy"])  # the softmax head is untouched
+    checkpoints = sorted(Path(args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    losses = [e["loss"] for e in json.loads((checkpoints[-1] / "trainer_state.json").read_text())["log_history"]
+              if "loss" in e]  # fmt: skip
+    assert losses[-1] < losses[0]
     out = Path(args.output_dir)
     stage1 = T.AutoModelForImageClassification.from_pretrained(out / "softmax")
     original = T.AutoModelForImageClassification.from_pretrained(tiny_efficientnet_dir)
