@@ -67,7 +67,8 @@ def main():
     softmax = evaluate_model(dual, test, transform, EvalArguments(heads="softmax", **settings))
     rows["softmax head (reference)"] = [summarize(softmax, "softmax")]
     with tempfile.TemporaryDirectory() as cache_dir:
-        for init, pos_weight, seed in itertools.product(("random", "clone"), ("num_classes_minus_one", "none"), args.seeds):
+        grid = itertools.product(args.seeds, ("random", "clone"), ("num_classes_minus_one", "none"))
+        for seed, init, pos_weight in grid:  # seed outermost: a partial run still covers the whole grid
             dual = train_branch(classifier, data, init, pos_weight, seed, cache_dir)
             for truncate in (True, False):
                 dual.config.truncate_negative_weights = truncate
