@@ -5,6 +5,7 @@ names; it draws the authors' state dict as it runs (each layer's random weights,
 so the converted models are checked against weights they never saw in their own layout.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -20,8 +21,15 @@ from hf_dualsig import CAM_METHODS, DualSigmoidForImageClassification, explain
 from hf_dualsig.convert_wsol import convert_classifier, convert_dual
 from hf_dualsig.modeling_wsol_backbones import WSOL_MODELS
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import convert_wsol_checkpoint
+
+def _convert_script():
+    """scripts/convert_wsol_checkpoint.py as a module, loaded by path (scripts/ on sys.path would shadow the
+    `evaluate` library with scripts/evaluate.py)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "convert_wsol_checkpoint.py"
+    spec = importlib.util.spec_from_file_location("convert_wsol_checkpoint", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 ARCHITECTURES = ("vgg16", "resnet50", "inception_v3")
 NUM_LABELS = 5
@@ -275,7 +283,7 @@ def test_script_saves_a_checkpoint_with_the_wsol_processor(tmp_path, capsys):
     torch.save({"architecture": "vgg16", "state_dict": state}, tmp_path / "ckpt.pth.tar")
     (tmp_path / "labels.txt").write_text("".join(f"class {i}\n" for i in range(NUM_LABELS)))
     out_dir = tmp_path / "converted"
-    convert_wsol_checkpoint.main(
+    _convert_script().main(
         [str(tmp_path / "ckpt.pth.tar"), str(out_dir), "--labels_file", str(tmp_path / "labels.txt")]
     )
     assert "WsolVgg16ForImageClassification (classifier)" in capsys.readouterr().out
