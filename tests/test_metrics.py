@@ -1,12 +1,12 @@
-"""WSOL metrics: hand-computed cases and a straightforward per-threshold oracle."""
+"""WSOL metrics: hand-computed cases, and identical counts to the per-threshold reference (`metrics.reference`)."""
 
-import cv2
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from hf_dualsig.cam import normalize_maps
+from hf_dualsig.metrics import reference
 from hf_dualsig.metrics.wsol import BoxAccuracy, PixelPrecision, check_score_map, rescale_boxes, thresholds
 
 SIZE = 224
@@ -116,88 +116,158 @@ def test_pxap_ignores_the_ignore_region_outside_the_foreground():
     assert without.compute()["pxap"] < 100
 
 
-def _oracle_counts(score_map, gt_boxes, taus):
-    """The rules of the reference, one threshold at a time (IoUs vectorised over boxes, as the reference does)."""
-    correct_v1 = np.zeros((3, len(taus)), np.int64)
-    correct_v2 = np.zeros((3, len(taus)), np.int64)
-    u = (score_map * 255).astype(np.uint8)
-    h, w = u.shape
-    gt = np.asarray(gt_boxes)[None]  # (1, G, 4)
-    for k, tau in enumerate(taus):
-        foreground = (u > int(tau * u.max())).astype(np.uint8)
-        contours, _ = cv2.findContours(foreground, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
-        if contours:
-            rects = np.array([cv2.boundingRect(c) for c in contours])
-            boxes = np.stack(
-                [
-                    rects[:, 0],
-                    rects[:, 1],
-                    np.minimum(rects[:, 0] + rects[:, 2], w - 1),
-                    np.minimum(rects[:, 1] + rects[:, 3], h - 1),
-                ],
-                axis=1,
-            )
-            largest = int(np.argmax([cv2.contourArea(c) for c in contours]))
+def _blobs(rng, h, w):
+    """Copies of one random blob at random places (equal areas: V1 ties), some clipped by the border."""
+    blob = rng.random((int(rng.integers(1, 5)), int(rng.integers(1, 5)))) < 0.7
+    m = np.zeros((h, w))
+    for _ in range(int(rng.integers(1, 6))):
+        y, x = int(rng.integers(-2, h)), int(rng.integers(-2, w))
+        piece = blob[max(0, -y) : h - y, max(0, -x) : w - x]
+        m[max(y, 0) : max(y, 0) + piece.shape[0], max(x, 0) : max(x, 0) + piece.shape[1]] = piece
+    return m
+
+
+def _patch(rng, h, w):
+    """1 on a random rectangle of at most 12 x 12 pixels."""
+    y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
+    patch = np.zeros((h, w))
+    patch[y : y + int(rng.integers(1, 13)), x : x + int(rng.integers(1, 13))] = 1
+    return patch
+
+
+def _rings(rng, h, w):
+    """Concentric rings around a random centre: holes in holes, islands in holes."""
+    y, x = np.mgrid[:h, :w]
+    r = np.hypot(y - rng.uniform(0, h), x - rng.uniform(0, w))
+    return np.cos(r * rng.uniform(0.3, 1.5)) * 0.5 + 0.5
+
+
+def _nested_squares(rng, h, w):
+    m = np.zeros((h, w))
+    for k, value in enumerate(rng.random(int(rng.integers(2, 6)))):
+        m[k * 2 : h - k * 2, k * 2 : w - k * 2] = value
+    return m
+
+
+def _lines(rng, h, w):
+    """One-pixel lines: rows, columns and diagonals."""
+    m = np.zeros((h, w))
+    for _ in range(int(rng.integers(1, 5))):
+        value, k = rng.uniform(0.2, 1), int(rng.integers(0, min(h, w)))
+        kind = rng.integers(0, 3)
+        if kind == 0:
+            m[k, rng.integers(0, w) :] = value
+        elif kind == 1:
+            m[rng.integers(0, h) :, k] = value
         else:
-            boxes, largest = np.zeros((1, 4), np.int64), 0
-        b = boxes[:, None]  # (P, 1, 4)
-        iw = np.clip(np.minimum(b[..., 2], gt[..., 2]) - np.maximum(b[..., 0], gt[..., 0]) + 1, 0, None)
-        ih = np.clip(np.minimum(b[..., 3], gt[..., 3]) - np.maximum(b[..., 1], gt[..., 1]) + 1, 0, None)
-        inter = iw * ih
-        union = (
-            (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
-            + (gt[..., 2] - gt[..., 0] + 1) * (gt[..., 3] - gt[..., 1] + 1)
-            - inter
-        )
-        iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
-        best_v1, best_v2 = iou[largest].max(), iou.max()
-        for i, delta in enumerate((30, 50, 70)):
-            correct_v1[i, k] += best_v1 >= delta / 100
-            correct_v2[i, k] += best_v2 >= delta / 100
-    return correct_v1, correct_v2
+            np.fill_diagonal(m[:, k:] if rng.random() < 0.5 else np.fliplr(m)[:, k:], value)
+    return m
 
 
-def random_maps(count, size, seed=0):
-    """Half smooth upsampled low-resolution maps (CAM-like), half noisy ones, all normalised."""
-    g = torch.Generator().manual_seed(seed)
-    smooth = F.interpolate(torch.rand(count // 2, 1, 7, 7, generator=g), size=(size, size), mode="bicubic")[:, 0]
-    noisy = smooth[: count - count // 2] * 0.5 + torch.rand(count - count // 2, size, size, generator=g) * 0.5
-    return normalize_maps(torch.cat([smooth, noisy])).numpy()
+def _smooth(rng, h, w):
+    """A CAM-like map: low-resolution noise upsampled bicubically."""
+    low = torch.from_numpy(rng.random((1, 1, int(rng.integers(2, 8)), int(rng.integers(2, 8)))))
+    return F.interpolate(low, size=(h, w), mode="bicubic")[0, 0].numpy()
 
 
-def random_boxes(rng, size):
+MAP_KINDS = {
+    "smooth": _smooth,
+    "noisy": lambda rng, h, w: _smooth(rng, h, w) * 0.5 + rng.random((h, w)) * 0.5,
+    "sparse": lambda rng, h, w: (rng.random((h, w)) < rng.uniform(0.2, 0.8)) * rng.random((h, w)),
+    "few levels": lambda rng, h, w: rng.integers(0, int(rng.integers(2, 5)), (h, w)).astype(float),
+    "checkerboard": lambda rng, h, w: (np.indices((h, w)).sum(0) % 2) * rng.uniform(0.5, 1, (h, w)) * _patch(rng, h, w),
+    "equal blobs": _blobs,
+    "rings": _rings,
+    "nested squares": _nested_squares,
+    "lines": _lines,
+    "constant": lambda rng, h, w: np.full((h, w), rng.choice([0.0, 0.3, 1.0])),
+}
+
+
+def varied_maps(count, seed=0):
+    """(kind, normalised map, 1-4 GT boxes) of every kind in turn, 1 to 40 pixels a side (the first of each kind
+    at most 3), values in [0, 1] with exact 0 and 1 where the kind has them."""
+    rng = np.random.default_rng(seed)
+    kinds = list(MAP_KINDS.items())
+    for i in range(count):
+        name, draw = kinds[i % len(kinds)]
+        high = 4 if i < len(kinds) else 41
+        h, w = int(rng.integers(1, high)), int(rng.integers(1, high))
+        m = draw(rng, h, w)
+        m = np.clip((m - m.min()) / (m.max() - m.min()) if m.max() > m.min() else m, 0, 1).astype(np.float32)
+        yield name, m, random_boxes(rng, h, w)
+
+
+def random_boxes(rng, h, w):
+    """1-4 GT boxes inside the map, from one pixel to the whole map."""
     boxes = []
-    for _ in range(int(rng.integers(1, 3))):
-        x0, y0 = rng.integers(0, size - 8, 2)
-        boxes.append([x0, y0, rng.integers(x0 + 4, size), rng.integers(y0 + 4, size)])
+    for _ in range(int(rng.integers(1, 5))):
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        boxes.append([x0, y0, int(rng.integers(x0, w)), int(rng.integers(y0, h))])
     return np.array(boxes)
 
 
-def test_fast_path_counts_equal_the_per_threshold_oracle():
-    size, taus = 48, thresholds(0.001)
-    rng = np.random.default_rng(0)
-    maps = random_maps(200, size)
-    fast = BoxAccuracy()
-    oracle_v1 = np.zeros((3, len(taus)), np.int64)
-    oracle_v2 = np.zeros((3, len(taus)), np.int64)
-    for score_map in maps:
-        boxes = random_boxes(rng, size)
+def test_counts_equal_the_per_threshold_reference_on_varied_maps():
+    """Per map: MaxBoxAcc V1/V2 counts at every threshold and GT-known Loc, against cv2 one threshold at a time.
+    The interval 1/256 still reaches every uint8 level (the reference costs a cv2.findContours per threshold)."""
+    interval = 1 / 256
+    taus = thresholds(interval)
+    for i, (kind, score_map, boxes) in enumerate(varied_maps(520)):
+        fast = BoxAccuracy(interval)
         fast.add(score_map, boxes)
-        v1, v2 = _oracle_counts(score_map, boxes, taus)
-        oracle_v1 += v1
-        oracle_v2 += v2
-    np.testing.assert_array_equal(fast.correct_v1, oracle_v1)
-    np.testing.assert_array_equal(fast.correct_v2, oracle_v2)
+        v1, v2 = reference.box_counts(score_map, boxes, taus)
+        where = f"map {i} ({kind}, {score_map.shape})"
+        np.testing.assert_array_equal(fast.correct_v1, v1, err_msg=where)
+        np.testing.assert_array_equal(fast.correct_v2, v2, err_msg=where)
+        assert fast.gt_known == reference.located(score_map, boxes), where
+
+
+def test_counts_equal_the_reference_at_the_default_interval_on_cam_sized_maps():
+    rng = np.random.default_rng(3)
+    maps = [_smooth(rng, 224, 224) for _ in range(2)] + [MAP_KINDS["noisy"](rng, 64, 64), _rings(rng, 96, 96)]
+    for i, score_map in enumerate(maps):
+        score_map = ((score_map - score_map.min()) / (score_map.max() - score_map.min())).astype(np.float32)
+        boxes = random_boxes(rng, *score_map.shape)
+        boxes[0] = reference.contour_boxes(score_map, 0.3)[0][0]  # one GT box that some threshold finds exactly
+        fast = BoxAccuracy()
+        fast.add(score_map, boxes)
+        v1, v2 = reference.box_counts(score_map, boxes, thresholds())
+        np.testing.assert_array_equal(fast.correct_v1, v1, err_msg=f"map {i}")
+        np.testing.assert_array_equal(fast.correct_v2, v2, err_msg=f"map {i}")
+        assert fast.gt_known == reference.located(score_map, boxes), f"map {i}"
+
+
+def test_pxap_counts_equal_the_per_threshold_reference():
+    """Histograms against one comparison per threshold, with maps holding the threshold values themselves."""
+    rng = np.random.default_rng(4)
+    edges = np.append(thresholds(), [1.0, 2.0])
+    pixels, tp, fp = PixelPrecision(), 0, 0
+    for i, (_, score_map, boxes) in enumerate(varied_maps(60, seed=4)):
+        score_map = score_map.copy()
+        on_edges = rng.random(score_map.shape) < 0.3
+        score_map[on_edges] = edges[rng.integers(0, len(edges) - 1, on_edges.sum())].astype(np.float32)
+        mask = _mask(boxes, score_map.shape)
+        ignore = rng.random(score_map.shape) < 0.2 if i % 2 else None
+        pixels.add(score_map, mask, ignore)
+        ref_tp, ref_fp = reference.pixel_counts(score_map, mask, ignore)
+        tp, fp = tp + ref_tp, fp + ref_fp
+    _, _, fast_tp, fast_fp, _ = pixels.precision_recall()
+    np.testing.assert_array_equal(fast_tp, tp)
+    np.testing.assert_array_equal(fast_fp, fp)
+
+
+def _mask(boxes, shape):
+    mask = np.zeros(shape, bool)
+    for x0, y0, x1, y1 in boxes:
+        mask[y0 : y1 + 1, x0 : x1 + 1] = True
+    return mask
 
 
 def test_accumulators_merge_exactly():
-    rng = np.random.default_rng(1)
-    maps = random_maps(20, 64, seed=1)
-    boxes = [random_boxes(rng, 64) for _ in maps]
     whole, a, b = BoxAccuracy(), BoxAccuracy(), BoxAccuracy()
     pix_whole, pa, pb = PixelPrecision(), PixelPrecision(), PixelPrecision()
-    for i, (m, bx) in enumerate(zip(maps, boxes)):
-        mask = _square(*[tuple(x) for x in bx], size=64).astype(bool)
+    for i, (_, m, bx) in enumerate(varied_maps(20, seed=1)):
+        mask = _mask(bx, m.shape)
         for acc, pix in ((whole, pix_whole), ((a, pa) if i < 7 else (b, pb))):
             acc.add(m, bx, i % 2 == 0)
             pix.add(m, mask)

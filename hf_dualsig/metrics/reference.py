@@ -1,21 +1,24 @@
-"""Straightforward per-threshold versions of the WSOL metrics, following wsolevaluation line by line.
+"""Straightforward per-threshold versions of the WSOL metrics, computed as wsolevaluation computes them.
 
-One cv2.findContours and one pass over the pixels per threshold: slow, but obviously the reference's rules. The
-fast accumulators in `wsol` must give identical counts (tests) and are timed against these (benchmarks).
+One cv2.findContours and one pass over the pixels per threshold: slow, but plainly the reference's rules. The fast
+accumulators in `wsol` must give identical counts (tests) and are timed against these (benchmarks).
 """
 
 import cv2
 import numpy as np
 
-IOU_THRESHOLDS = (30, 50, 70)
+from .wsol import IOU_THRESHOLDS
 
 
 def contour_boxes(score_map: np.ndarray, tau: float) -> tuple[np.ndarray, int]:
-    """The boxes of all contours of the map thresholded at tau (as wsolevaluation's scoremap2bbox) and the index of
+    """The boxes of all contours of the map thresholded at tau (wsolevaluation's scoremap2bbox) and the index of
     the one with the largest cv2.contourArea (first on ties); [[0, 0, 0, 0]] when there is none."""
-    u = (score_map * 255).astype(np.uint8)
-    height, width = u.shape
-    foreground = (u > int(tau * u.max())).astype(np.uint8)
+    return _contour_boxes((score_map * 255).astype(np.uint8), tau)
+
+
+def _contour_boxes(uint8_map: np.ndarray, tau: float) -> tuple[np.ndarray, int]:
+    height, width = uint8_map.shape
+    foreground = (uint8_map > int(tau * uint8_map.max())).astype(np.uint8)
     contours, _ = cv2.findContours(foreground, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         return np.zeros((1, 4), np.int64), 0
@@ -27,16 +30,16 @@ def contour_boxes(score_map: np.ndarray, tau: float) -> tuple[np.ndarray, int]:
     return np.array(boxes, np.int64), largest
 
 
-def best_iou(boxes: np.ndarray, gt_boxes: np.ndarray) -> float:
-    """The largest IoU (inclusive pixels) of any (box, GT box) pair, as wsolevaluation's calculate_multiple_iou."""
+def ious(boxes: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray:
+    """IoU (inclusive pixels) of every (box, GT box) pair, as wsolevaluation's calculate_multiple_iou."""
     b, g = boxes[:, None], np.asarray(gt_boxes)[None]
     inter_w = np.clip(np.minimum(b[..., 2], g[..., 2]) - np.maximum(b[..., 0], g[..., 0]) + 1, 0, None)
     inter_h = np.clip(np.minimum(b[..., 3], g[..., 3]) - np.maximum(b[..., 1], g[..., 1]) + 1, 0, None)
     inter = inter_w * inter_h
-    union = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1) + (g[..., 2] - g[..., 0] + 1) * (
-        g[..., 3] - g[..., 1] + 1
-    ) - inter
-    return float(np.where(union > 0, inter / np.maximum(union, 1), 0.0).max())
+    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
+    area_g = (g[..., 2] - g[..., 0] + 1) * (g[..., 3] - g[..., 1] + 1)
+    union = area_b + area_g - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
 
 
 def box_counts(score_map: np.ndarray, gt_boxes: np.ndarray, taus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -44,9 +47,11 @@ def box_counts(score_map: np.ndarray, gt_boxes: np.ndarray, taus: np.ndarray) ->
     reaches the IoU threshold with some GT box."""
     correct_v1 = np.zeros((len(IOU_THRESHOLDS), len(taus)), np.int64)
     correct_v2 = np.zeros((len(IOU_THRESHOLDS), len(taus)), np.int64)
+    uint8_map = (score_map * 255).astype(np.uint8)
     for k, tau in enumerate(taus):
-        boxes, largest = contour_boxes(score_map, tau)
-        best_v1, best_v2 = best_iou(boxes[largest : largest + 1], gt_boxes), best_iou(boxes, gt_boxes)
+        boxes, largest = _contour_boxes(uint8_map, tau)
+        iou = ious(boxes, gt_boxes)
+        best_v1, best_v2 = iou[largest].max(), iou.max()
         for i, delta in enumerate(IOU_THRESHOLDS):
             correct_v1[i, k] = best_v1 >= delta / 100
             correct_v2[i, k] = best_v2 >= delta / 100
@@ -56,7 +61,7 @@ def box_counts(score_map: np.ndarray, gt_boxes: np.ndarray, taus: np.ndarray) ->
 def located(score_map: np.ndarray, gt_boxes: np.ndarray, fixed_threshold: float = 0.2) -> bool:
     """GT-known localisation: the largest contour's box at the fixed threshold has IoU >= 0.5 with a GT box."""
     boxes, largest = contour_boxes(score_map, fixed_threshold)
-    return best_iou(boxes[largest : largest + 1], gt_boxes) >= 0.5
+    return ious(boxes, gt_boxes)[largest].max() >= 0.5
 
 
 def pixel_counts(score_map, gt_mask, ignore_mask=None, interval: float = 0.001) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .contours import component_sweep, hole_sweep, largest_contour_boxes
+from .contours import hole_sweep, outer_sweep
 
 IOU_THRESHOLDS = (30, 50, 70)
 
@@ -70,20 +70,23 @@ def box_iou(predicted: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def contour_levels(uint8_map: np.ndarray, gt_boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each level t = 0..max(uint8_map): the box of the largest contour of uint8_map > t (V1) and how many of
-    IOU_THRESHOLDS the best contour box reaches with a GT box (V2). The top level has no contour: box [0, 0, 0, 0]."""
+def contour_levels(uint8_map: np.ndarray, gt_boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each level t = 0..max(uint8_map), the contours of uint8_map > t: the box of the largest (V1), and how
+    many of IOU_THRESHOLDS its best IoU with a GT box reaches (V1) and the best of all contours reaches (V2). The
+    top level has no contour: the box [0, 0, 0, 0]."""
     peak = int(uint8_map.max())
     gt = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
     iou_thresholds = np.array(IOU_THRESHOLDS) / 100
     largest = np.zeros((peak + 1, 4), dtype=np.int64)
-    met = np.zeros(peak + 1, dtype=np.int64)
+    hits_v1, hits_v2 = np.zeros(peak + 1, dtype=np.int64), np.zeros(peak + 1, dtype=np.int64)
     if peak:
-        holes, joined = hole_sweep(uint8_map, peak, gt, iou_thresholds)
-        met[:peak] = np.maximum(holes, component_sweep(uint8_map, peak, gt, iou_thresholds))
-        largest[:peak] = largest_contour_boxes(joined, peak)
-    met[peak] = (box_iou(largest[peak:], gt).max() >= iou_thresholds).sum()
-    return largest, met
+        inner, components, joined = hole_sweep(uint8_map, peak, gt, iou_thresholds)
+        outer, top_level, largest[:peak], hits_v1[:peak] = outer_sweep(joined, peak, gt, iou_thresholds)
+        if (components != top_level).any():  # islands in holes: the outer contours of all components then
+            outer = outer_sweep(uint8_map, peak, gt, iou_thresholds)[0]
+        hits_v2[:peak] = np.maximum(inner, outer)
+    hits_v1[peak] = hits_v2[peak] = (box_iou(largest[peak:], gt).max() >= iou_thresholds).sum()
+    return largest, hits_v1, hits_v2
 
 
 @dataclass
@@ -112,13 +115,12 @@ class BoxAccuracy:
     def add(self, score_map: np.ndarray, gt_boxes: np.ndarray, correct_class: bool = True) -> None:
         """One normalised map and its GT boxes (already at the map's resolution)."""
         uint8_map = (score_map * 255).astype(np.uint8)
-        largest, met = contour_levels(uint8_map, gt_boxes)
+        largest, hits_v1, hits_v2 = contour_levels(uint8_map, gt_boxes)
         peak = len(largest) - 1
         levels = (thresholds(self.interval) * peak).astype(np.int64)
-        v1 = box_iou(largest, gt_boxes).max(axis=1)[levels]
-        for i, delta in enumerate(IOU_THRESHOLDS):
-            self.correct_v1[i] += v1 >= delta / 100
-            self.correct_v2[i] += met[levels] > i
+        for i in range(len(IOU_THRESHOLDS)):
+            self.correct_v1[i] += hits_v1[levels] > i
+            self.correct_v2[i] += hits_v2[levels] > i
         fixed = min(int(self.fixed_threshold * peak), peak)
         reference = gt_boxes[:1] if self.first_gt_box_only else gt_boxes
         located = box_iou(largest[fixed : fixed + 1], reference).max() >= 0.5
