@@ -66,6 +66,7 @@ def main():
     dual = DualSigmoidForImageClassification.from_classifier(classifier)
     softmax = evaluate_model(dual, test, transform, EvalArguments(heads="softmax", **settings))
     rows["softmax head (reference)"] = [summarize(softmax, "softmax")]
+    print("softmax head:", {k: round(v, 2) for k, v in rows["softmax head (reference)"][0].items()}, flush=True)
     with tempfile.TemporaryDirectory() as cache_dir:
         grid = itertools.product(args.seeds, ("random", "clone"), ("num_classes_minus_one", "none"))
         for seed, init, pos_weight in grid:  # seed outermost: a partial run still covers the whole grid
