@@ -18,7 +18,7 @@ from .cam import CAM_METHODS, available_heads, explain
 def supported_methods(model) -> list[str]:
     """The CAM methods `model`'s family supports, in registry order: all of them for a ViT-family model with a CLS
     token, all but the attention-based ones (rollout, tscam) otherwise."""
-    adapter = get_adapter(model.classifier if hasattr(model, "sigmoid_head") else model)
+    adapter = get_adapter(model.classifier if "sigmoid" in available_heads(model) else model)
     attentions = adapter.has_attentions and adapter.fixed_prefix_tokens > 0
     return [name for name, spec in CAM_METHODS.items() if attentions or "attentions" not in spec.needs]
 

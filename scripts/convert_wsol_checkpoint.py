@@ -9,6 +9,7 @@ A plain checkpoint becomes a `Wsol*ForImageClassification`; an authors' dual che
 
 import argparse
 
+from hf_dualsig import available_heads
 from hf_dualsig.convert_wsol import convert_and_save
 
 
@@ -32,7 +33,7 @@ def main(argv=None):
             id2label = dict(enumerate(line.strip() for line in handle if line.strip()))
     model = convert_and_save(args.checkpoint, args.output_dir, args.architecture, args.large_feature_map, id2label)
     kind = (
-        "dual checkpoint (fc -> softmax head, fc2 -> sigmoid head)" if hasattr(model, "sigmoid_head") else "classifier"
+        "dual checkpoint (fc -> softmax head, fc2 -> sigmoid head)" if "sigmoid" in available_heads(model) else "classifier"
     )
     print(f"saved {type(model).__name__} ({kind}) + image processor to {args.output_dir}")
 
