@@ -27,21 +27,10 @@ from hf_dualsig import (
     explain,
 )
 from hf_dualsig.backbones import resolve_module
+from hf_dualsig.cam import HeadLogits
 from hf_dualsig.convert_efficientnet_lite import convert_efficientnet_lite0
 
 ORACLES = {"cam": GradCAM, "gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "xgradcam": XGradCAM, "layercam": LayerCAM}
-
-
-class HeadLogits(torch.nn.Module):
-    """What pytorch-grad-cam needs: a module returning one head's logits."""
-
-    def __init__(self, model, head):
-        super().__init__()
-        self.model, self.head = model, head
-
-    def forward(self, x):
-        out = self.model(pixel_values=x)
-        return out.sigmoid_logits if self.head == "sigmoid" else out.logits
 
 
 class PeakRSS:

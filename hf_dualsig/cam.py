@@ -206,6 +206,20 @@ CAM_METHODS: dict[str, CAMMethod] = {
 }
 
 
+class HeadLogits(nn.Module):
+    """One head's logits as a plain `pixel_values -> logits` module, for tools that expect one (pytorch-grad-cam)."""
+
+    def __init__(self, model: nn.Module, head: str = "softmax"):
+        super().__init__()
+        if head not in available_heads(model):
+            raise ValueError(f"head={head!r}: this model has {available_heads(model)}.")
+        self.model, self.head = model, head
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        out = self.model(pixel_values=pixel_values)
+        return out.sigmoid_logits if self.head == "sigmoid" else out.logits
+
+
 def available_heads(model: nn.Module) -> tuple[str, ...]:
     """The heads a model can be explained with: both for a dual model, the softmax head for a plain classifier."""
     return HEADS if hasattr(model, "sigmoid_head") else ("softmax",)

@@ -10,7 +10,7 @@ from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
 from hf_dualsig import CAM_METHODS, DualSigmoidForImageClassification, explain
 from hf_dualsig.backbones import resolve_module
-from hf_dualsig.cam import CAMMethod
+from hf_dualsig.cam import CAMMethod, HeadLogits
 from hf_dualsig.zoo import tiny_classifier
 
 ORACLES = {
@@ -22,18 +22,6 @@ ORACLES = {
     "scorecam": ScoreCAM,
     "eigencam": EigenCAM,
 }
-
-
-class HeadLogits(torch.nn.Module):
-    """What pytorch-grad-cam needs: a module returning one head's logits."""
-
-    def __init__(self, model, head):
-        super().__init__()
-        self.model, self.head = model, head
-
-    def forward(self, x):
-        out = self.model(pixel_values=x)
-        return out.sigmoid_logits if self.head == "sigmoid" else out.logits
 
 
 def _dual(family, seed=0, **kwargs):

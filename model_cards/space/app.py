@@ -63,6 +63,13 @@ def explain_image(image, method: str = "gradcam", target=PREDICTION, model_id: s
     return softmax["overlay"], sigmoid["overlay"], tops[0], tops[1], summary
 
 
+def _overlay_output(gr, label: str, elem_id: str):
+    """An output image for one head's overlay, downloadable as PNG."""
+    return gr.Image(
+        label=label, format="png", type="pil", interactive=False, buttons=["download", "fullscreen"], elem_id=elem_id
+    )
+
+
 def build_demo(model_id: str = MODEL):
     import gradio as gr
 
@@ -101,22 +108,8 @@ def build_demo(model_id: str = MODEL):
                 )
                 button = gr.Button("explain", variant="primary", elem_id="explain")
         with gr.Row():
-            softmax = gr.Image(
-                label="softmax head",
-                format="png",
-                type="pil",
-                interactive=False,
-                buttons=["download", "fullscreen"],
-                elem_id="softmax-map",
-            )
-            sigmoid = gr.Image(
-                label="sigmoid branch",
-                format="png",
-                type="pil",
-                interactive=False,
-                buttons=["download", "fullscreen"],
-                elem_id="sigmoid-map",
-            )
+            softmax = _overlay_output(gr, "softmax head", "softmax-map")
+            sigmoid = _overlay_output(gr, "sigmoid branch", "sigmoid-map")
         with gr.Row():
             softmax_top = gr.Label(
                 num_top_classes=TOP_K, label="softmax head: top 5 (softmax p)", elem_id="softmax-top"
