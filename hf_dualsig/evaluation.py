@@ -5,6 +5,8 @@ Shards images across processes (contiguous slices) and merges the counts exactly
 
 import json
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,13 +14,14 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .cam import CAM_METHODS, HEADS, available_heads, explain, map_recipe, reference_maps
 from .data.loaders import read_wsol_metadata, union_mask_image
 from .data.transforms import ImageTransform, transform_from_processor
 from .files import safe_join, write_atomically, write_text
-from .metrics.fidelity import ConfidenceChange, average_drop_scores, insertion_deletion_auc
+from .metrics.fidelity import ConfidenceChange, class_probabilities, insertion_deletion_auc, probabilities
 from .viz import gallery, save_png
 from .metrics.wsol import BoxAccuracy, PixelPrecision, check_boxes, check_score_map, rescale_boxes
 
@@ -44,6 +47,13 @@ class EvalArguments:
         metadata={"help": "Steps of insertion/deletion AUC (0: skip; the paper reports AD and IC only; 16 is common)."},
     )
     eval_batch_size: int = field(default=32, metadata={"help": "Images per CAM batch."})
+    eval_num_workers: int = field(
+        default=0, metadata={"help": "DataLoader workers that read and transform test images (0: the main process)."}
+    )
+    metric_workers: int = field(
+        default=0,
+        metadata={"help": "Threads that score maps while the next batch's maps are drawn (0: score in turn)."},
+    )
     save_scoremaps: bool = field(default=False, metadata={"help": "Also save every map as .npy (wsolevaluation)."})
     max_eval_images: int | None = field(default=None, metadata={"help": "Evaluate the first N images only."})
     evaluate_after_training: bool = field(
@@ -62,6 +72,9 @@ class EvalArguments:
         for name in ("eval_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} {getattr(self, name)}: must be a positive integer.")
+        for name in ("eval_num_workers", "metric_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} {getattr(self, name)}: must be >= 0.")
         if not 0 < self.cam_threshold_interval < 1:
             raise ValueError(f"--cam_threshold_interval {self.cam_threshold_interval}: must lie in (0, 1).")
         if not 0 <= self.fixed_threshold < 1:
@@ -129,20 +142,15 @@ def evaluate_model(
     Maps are drawn for the ground-truth class (wsolevaluation; Top-1 Loc then needs a correct softmax
     prediction, so the same maps serve it) and finished at `eval_size` as the reference does per method (CAM signed
     and bicubic, gradient methods ReLU'd and bilinear; see `cam.map_recipe`), then min-max normalised.
+    Images are read by `eval_num_workers` DataLoader workers; maps are scored by `metric_workers` threads while the
+    next batch's maps are drawn. Only counts and histograms are kept, so memory does not grow with the dataset.
     With `scoremap_dir`, each map is also saved as `<scoremap_dir>/<method>/<head>/<image_id>.npy`.
     """
     heads = [h for h in settings.head_names if h in available_heads(model)]
-    size = (settings.eval_size, settings.eval_size)
-    counts = {
-        (m, h): _Counts(
-            BoxAccuracy(settings.cam_threshold_interval, settings.fixed_threshold, settings.first_gt_box_only),
-            PixelPrecision(settings.cam_threshold_interval),
+    if settings.fidelity and settings.fidelity_head not in available_heads(model):
+        raise ValueError(
+            f"--fidelity_head {settings.fidelity_head}: this model has no such head; use softmax or --fidelity False."
         )
-        for m in settings.method_names
-        for h in heads
-    }
-    correct = {h: 0 for h in available_heads(model)}
-    indices = _shard(len(dataset))
     has_boxes = "boxes" in dataset.column_names
     has_masks = "mask" in dataset.column_names
     if not (has_boxes or has_masks):
@@ -150,46 +158,143 @@ def evaluate_model(
     if scoremap_dir:  # every image id names a file inside scoremap_dir, checked before any work
         for image_id in dataset["image_id"] if "image_id" in dataset.column_names else []:
             safe_join(scoremap_dir, f"{image_id}.npy", "image id")
+    counts = {(m, h): _empty_counts(settings) for m in settings.method_names for h in heads}
+    correct = {h: 0 for h in available_heads(model)}
+    indices = _shard(len(dataset))
+    loader = DataLoader(
+        _EvalImages(dataset, indices, transform, settings.eval_size),
+        batch_size=settings.eval_batch_size,
+        num_workers=settings.eval_num_workers,
+        pin_memory=model.device.type == "cuda",
+        collate_fn=_collate,
+    )
+    scoring = _MetricThreads(counts, settings.metric_workers, pending=2 * len(counts))
     model.eval()
-    progress = tqdm(total=len(indices), desc="evaluating", disable=not PartialState().is_main_process)
-    for start in range(indices.start, indices.stop, settings.eval_batch_size):
-        rows = dataset[start : min(start + settings.eval_batch_size, indices.stop)]
-        pixels = torch.stack([transform(image) for image in rows["image"]]).to(model.device)
-        labels = torch.tensor(rows["label"], device=model.device)
-        out = explain(
-            model, pixels, methods=settings.method_names, heads=heads, targets=labels, recipe="reference", return_raw=True
-        )
-        if not all(torch.isfinite(logits).all() for logits in out.logits.values()):
-            raise ValueError(
-                f"the model {getattr(model, 'name_or_path', '') or type(model).__name__} gives non-finite logits on "
-                f"images {start}-{start + len(labels) - 1}: its weights are corrupt (or overflow in this dtype)."
+    try:
+        for batch in tqdm(loader, desc="evaluating", disable=not PartialState().is_main_process):
+            pixels = batch["pixel_values"].to(model.device, non_blocking=True)
+            labels = batch["labels"].to(model.device, non_blocking=True)
+            out = explain(
+                model,
+                pixels,
+                methods=settings.method_names,
+                heads=heads,
+                targets=labels,
+                recipe="reference",
+                return_raw=True,
             )
-        predictions = {h: logits.argmax(-1) for h, logits in out.logits.items()}
-        for h in correct:
-            correct[h] += int((predictions[h] == labels).sum())
-        hit = (predictions["softmax"] == labels).cpu().numpy()
-        for key, raw in out.raw_maps.items():
-            wsol_maps = reference_maps(key[0], raw, size).cpu().numpy()
-            for i, score_map in enumerate(wsol_maps):
-                image = rows["image"][i]
-                if scoremap_dir:
-                    image_id = rows["image_id"][i] if "image_id" in rows else f"{start + i:06d}"
-                    path = safe_join(os.path.join(scoremap_dir, *key), f"{image_id}.npy", "image id")
-                    write_atomically(path, lambda tmp: _save_npy(tmp, score_map))
-                if has_boxes:
-                    name = f"image {start + i}"
-                    boxes = check_boxes(rows["boxes"][i], *image.size, name)
-                    counts[key].boxes.add(score_map, rescale_boxes(boxes, *image.size, size), bool(hit[i]))
-                if has_masks and rows["mask"][i] is not None:
-                    counts[key].has_masks = True
-                    ignore = rows["ignore_mask"][i] if "ignore_mask" in rows else None
-                    counts[key].pixels.add(score_map, _mask(rows["mask"][i], size), _mask(ignore, size))
-            if settings.fidelity:
-                _add_fidelity(counts[key], model, pixels, out.maps[key], labels, settings)
-        progress.update(len(labels))
-    progress.close()
+            _check_finite(model, out.logits, batch["index"])
+            for h in correct:
+                correct[h] += int((out.logits[h].argmax(-1) == labels).sum())
+            hit = (out.logits["softmax"].argmax(-1) == labels).cpu().numpy()
+            for key, raw in out.raw_maps.items():
+                wsol_maps = reference_maps(key[0], raw, (settings.eval_size,) * 2).cpu().numpy()
+                folder = os.path.join(scoremap_dir, *key) if scoremap_dir else None
+                scoring.submit(key, _score_maps, wsol_maps, batch, hit, settings, folder)
+                if settings.fidelity:
+                    _add_fidelity(counts[key], model, pixels, out.maps[key], labels, out.logits, settings)
+        scoring.finish()
+    finally:
+        scoring.close()
     counts, correct, total = _merge_across_processes(counts, correct, len(indices))
     return _results(counts, correct, total, settings, has_boxes)
+
+
+class _EvalImages(Dataset):
+    """The test rows of one shard as the evaluation needs them: pixel values, label, and the boxes and masks at the
+    evaluation size (checked here, so that DataLoader workers do it)."""
+
+    def __init__(self, dataset, indices: range, transform: ImageTransform, eval_size: int):
+        self.dataset, self.indices, self.transform = dataset, indices, transform
+        self.size = (eval_size, eval_size)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> dict:
+        index = self.indices[position]
+        row = self.dataset[index]
+        image = row["image"]
+        item = {"pixel_values": self.transform(image), "label": row["label"], "index": index}
+        item["image_id"] = row.get("image_id") or f"{index:06d}"
+        if "boxes" in row:
+            boxes = check_boxes(row["boxes"], *image.size, f"image {index}")
+            item["boxes"] = rescale_boxes(boxes, *image.size, self.size)
+        if row.get("mask") is not None:
+            item["mask"] = _mask(row["mask"], self.size)
+            item["ignore_mask"] = _mask(row.get("ignore_mask"), self.size)
+        return item
+
+
+def _collate(items: list[dict]) -> dict:
+    batch = {key: [item.get(key) for item in items] for key in ("index", "image_id", "boxes", "mask", "ignore_mask")}
+    batch["pixel_values"] = torch.stack([item["pixel_values"] for item in items])
+    batch["labels"] = torch.tensor([item["label"] for item in items])
+    return batch
+
+
+def _check_finite(model, logits: dict, indices: list[int]) -> None:
+    if not all(torch.isfinite(head_logits).all() for head_logits in logits.values()):
+        raise ValueError(
+            f"the model {getattr(model, 'name_or_path', '') or type(model).__name__} gives non-finite logits on "
+            f"images {indices[0]}-{indices[-1]}: its weights are corrupt (or overflow in this dtype)."
+        )
+
+
+def _empty_counts(settings: EvalArguments) -> _Counts:
+    return _Counts(
+        BoxAccuracy(settings.cam_threshold_interval, settings.fixed_threshold, settings.first_gt_box_only),
+        PixelPrecision(settings.cam_threshold_interval),
+    )
+
+
+def _score_maps(maps: np.ndarray, batch: dict, hit: np.ndarray, settings: EvalArguments, folder: str | None):
+    """The box and pixel counts of one batch of one (method, head)'s maps; saves them under `folder` if given."""
+    counts = _empty_counts(settings)
+    for i, score_map in enumerate(maps):
+        if folder:
+            path = safe_join(folder, f"{batch['image_id'][i]}.npy", "image id")
+            write_atomically(path, lambda tmp, array=score_map: _save_npy(tmp, array))
+        if batch["boxes"][i] is not None:
+            counts.boxes.add(score_map, batch["boxes"][i], bool(hit[i]))
+        if batch["mask"][i] is not None:
+            counts.has_masks = True
+            counts.pixels.add(score_map, batch["mask"][i], batch["ignore_mask"][i])
+    return counts
+
+
+class _MetricThreads:
+    """Runs `_score_maps` calls in `workers` threads (in turn when 0) and merges their counts into `counts`.
+
+    At most `pending` calls wait at a time, so the maps held stay bounded; the numba sweeps release the GIL.
+    """
+
+    def __init__(self, counts: dict, workers: int, pending: int):
+        self.counts, self.limit, self.queue = counts, pending, deque()
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="wsol-metrics") if workers else None
+
+    def submit(self, key, fn, *args) -> None:
+        if self.pool is None:
+            self._merge(key, fn(*args))
+            return
+        self.queue.append((key, self.pool.submit(fn, *args)))
+        while len(self.queue) > self.limit:
+            self._merge_oldest()
+
+    def finish(self) -> None:
+        while self.queue:
+            self._merge_oldest()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _merge_oldest(self) -> None:
+        key, future = self.queue.popleft()
+        self._merge(key, future.result())
+
+    def _merge(self, key, part: _Counts) -> None:
+        self.counts[key] = self.counts[key].merge(part)
 
 
 def _save_npy(path: str, array: np.ndarray) -> None:
@@ -204,12 +309,17 @@ def _mask(image: Image.Image | None, size) -> np.ndarray | None:
     return array > 0.5
 
 
-def _add_fidelity(counts: _Counts, model, pixels, maps, labels, settings: EvalArguments) -> None:
-    original, explained = average_drop_scores(model, pixels, maps, labels, settings.fidelity_head)
+@torch.no_grad()
+def _add_fidelity(counts: _Counts, model, pixels, maps, labels, logits: dict, settings: EvalArguments) -> None:
+    """Average Drop / Increase in Confidence (and insertion/deletion): the image's scores come from the explanation
+    forward's logits, so only the explanation images x * M take a forward pass."""
+    head = settings.fidelity_head
+    original = probabilities(logits[head], head).gather(1, labels[:, None])[:, 0]
+    explained = class_probabilities(model, pixels * maps[:, None], head).gather(1, labels[:, None])[:, 0]
     counts.confidence.add(original, explained)
     if settings.insertion_deletion_steps:
         insertion, deletion = insertion_deletion_auc(
-            model, pixels, maps, labels, settings.fidelity_head, settings.insertion_deletion_steps
+            model, pixels, maps, labels, head, settings.insertion_deletion_steps
         )
         counts.insertion += float(insertion.sum())
         counts.deletion += float(deletion.sum())

@@ -12,18 +12,21 @@ import torch.nn.functional as F
 HEAD_CHOICES = ("softmax", "sigmoid")
 
 
+def probabilities(logits: torch.Tensor, head: str) -> torch.Tensor:
+    """(B, num_labels) probabilities from one head's logits: softmax for "softmax", sigmoid for "sigmoid"."""
+    if head not in HEAD_CHOICES:
+        raise ValueError(f"head={head!r}: expected one of {HEAD_CHOICES}.")
+    return torch.sigmoid(logits) if head == "sigmoid" else torch.softmax(logits, dim=-1)
+
+
 def class_probabilities(model, pixel_values: torch.Tensor, head: str) -> torch.Tensor:
-    """(B, num_labels) probabilities of one head: softmax of `logits` or sigmoid of `sigmoid_logits`."""
+    """(B, num_labels) probabilities of one head of `model` on `pixel_values`."""
     if head not in HEAD_CHOICES:
         raise ValueError(f"head={head!r}: expected one of {HEAD_CHOICES}.")
     out = model(pixel_values=pixel_values)
-    if head == "sigmoid":
-        if getattr(out, "sigmoid_logits", None) is None:
-            raise ValueError(
-                "head='sigmoid' needs a DualSigmoidForImageClassification; this model has no sigmoid head."
-            )
-        return torch.sigmoid(out.sigmoid_logits)
-    return torch.softmax(out.logits, dim=-1)
+    if head == "sigmoid" and getattr(out, "sigmoid_logits", None) is None:
+        raise ValueError("head='sigmoid' needs a DualSigmoidForImageClassification; this model has no sigmoid head.")
+    return probabilities(out.sigmoid_logits if head == "sigmoid" else out.logits, head)
 
 
 @dataclass
@@ -52,15 +55,6 @@ class ConfidenceChange:
             "average_drop": 100 * self.drop_sum / self.count,
             "increase_in_confidence": 100 * self.increase_count / self.count,
         }
-
-
-@torch.no_grad()
-def average_drop_scores(model, pixel_values, maps, targets, head: str = "softmax"):
-    """(Y, O): the explained class's probability on x and on x * M."""
-    index = targets[:, None]
-    original = class_probabilities(model, pixel_values, head).gather(1, index)[:, 0]
-    explained = class_probabilities(model, pixel_values * maps[:, None], head).gather(1, index)[:, 0]
-    return original, explained
 
 
 def gaussian_blur(pixel_values: torch.Tensor, kernel_size: int = 11, sigma: float = 5.0) -> torch.Tensor:
