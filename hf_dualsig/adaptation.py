@@ -10,10 +10,12 @@ import logging
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+from transformers import default_data_collator
 
 from .backbones import get_adapter, resolve_module
+from .training import TransformedDataset
 
 logger = logging.getLogger(__name__)
 ADAPT_MODES = ("linear_probe", "top", "full")
@@ -47,21 +49,27 @@ def check_adapt_mode(mode: str, classifier: nn.Module) -> None:
 
 
 @torch.no_grad()
-def cached_inputs(classifier, module: nn.Module, dataset, transform, batch_size: int = 64):
-    """(inputs of `module` for every image, labels), running the frozen classifier once in eval mode."""
+def cached_inputs(classifier, module: nn.Module, dataset, transform, batch_size: int = 64, num_workers: int = 0):
+    """(inputs of `module` for every image, labels), running the frozen classifier once in eval mode; images are
+    read and transformed by `num_workers` DataLoader workers."""
     captured, parts, labels = {}, [], []
     handle = module.register_forward_hook(lambda m, args, out: captured.__setitem__("x", args[0]))
+    loader = DataLoader(
+        TransformedDataset(dataset.select_columns(["image", "label"]), transform),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=classifier.device.type == "cuda",
+        collate_fn=default_data_collator,
+    )
     classifier.eval()
     try:
-        for start in tqdm(range(0, len(dataset), batch_size), desc=f"features for stage 1 ({len(dataset)} images)"):
-            rows = dataset[start : start + batch_size]
-            pixels = torch.stack([transform(image) for image in rows["image"]]).to(classifier.device)
-            classifier(pixel_values=pixels)
+        for batch in tqdm(loader, desc=f"features for stage 1 ({len(dataset)} images)"):
+            classifier(pixel_values=batch["pixel_values"].to(classifier.device, non_blocking=True))
             parts.append(captured["x"].float().cpu())
-            labels.extend(int(label) for label in rows["label"])
+            labels.append(batch["labels"])
     finally:
         handle.remove()
-    return torch.cat(parts), torch.tensor(labels)
+    return torch.cat(parts), torch.cat(labels)
 
 
 class HeadInputs(Dataset):
@@ -78,7 +86,15 @@ class HeadInputs(Dataset):
 
 
 def adapt(
-    classifier, mode: str, train, eval_split, transform, epochs: int, learning_rate: float, seed: int
+    classifier,
+    mode: str,
+    train,
+    eval_split,
+    transform,
+    epochs: int,
+    learning_rate: float,
+    seed: int,
+    num_workers: int = 0,
 ) -> tuple[dict, dict[str, HeadInputs]]:
     """Train the head (`linear_probe`) or the top block and head (`top`) of `classifier` in place, with AdamW and
     cross-entropy on cached features. Returns train and eval accuracy, and what now feeds the head for every image
@@ -99,8 +115,8 @@ def adapt(
         def tail(x):
             return head(features(x))
 
-    x_train, y_train = cached_inputs(classifier, start, train, transform)
-    x_eval, y_eval = cached_inputs(classifier, start, eval_split, transform)
+    x_train, y_train = cached_inputs(classifier, start, train, transform, num_workers=num_workers)
+    x_eval, y_eval = cached_inputs(classifier, start, eval_split, transform, num_workers=num_workers)
     parameters = [p for m in modules for p in m.parameters()]
     for p in parameters:
         p.requires_grad_(True)

@@ -176,6 +176,7 @@ def train_softmax(classifier, processor, splits, model: ModelArguments, args: Tr
             model.softmax_epochs,
             model.softmax_learning_rate,
             args.seed,
+            num_workers=args.dataloader_num_workers,
         )
     if args.process_index == 0:
         classifier.save_pretrained(output_dir)

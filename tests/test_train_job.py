@@ -50,11 +50,12 @@ def _args(tmp_path, **overrides):
     return DualSigTrainingArguments(**{**settings, **overrides})
 
 
-def test_top_block_tail_reproduces_the_classifier(synthetic):
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_top_block_tail_reproduces_the_classifier(synthetic, num_workers):
     classifier = tiny_classifier("efficientnet", num_labels=4)
     transform = transform_from_processor(T.ViTImageProcessorPil(size={"height": 32, "width": 32}))
     conv, norm, activation = (resolve_module(classifier, n) for n in TOP_BLOCKS["EfficientNetForImageClassification"])
-    inputs, labels = cached_inputs(classifier, conv, synthetic["test"], transform)
+    inputs, labels = cached_inputs(classifier, conv, synthetic["test"], transform, batch_size=5, num_workers=num_workers)
     pixels = torch.stack([transform(image) for image in synthetic["test"]["image"]])
     with torch.no_grad():
         expected = classifier(pixel_values=pixels).logits
