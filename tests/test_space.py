@@ -1,7 +1,8 @@
 """The Space app: its callback on a real photo, the methods it offers, its metadata, the card's link to it, and the
 page itself served by gradio and driven in a headless Chromium.
 
-    python tests/test_space.py docs/space_screenshot.png   # redraws the README's screenshot (EfficientNet-Lite0)
+    python tests/test_space.py docs/space_screenshot.png   # redraws the README's screenshots (EfficientNet-Lite0):
+                                                           # that one and docs/space_error_screenshot.png beside it
 """
 
 import contextlib
@@ -60,9 +61,9 @@ def load_app():
     return app
 
 
-def stage_tiny(stage_dir: Path, num_labels: int = 8) -> Path:
-    """A tiny ResNet dual checkpoint (untrained branch) staged as for the Hub."""
-    dual = DualSigmoidForImageClassification.from_classifier(tiny_classifier("resnet", num_labels=num_labels))
+def stage_tiny(stage_dir: Path, num_labels: int = 8, family: str = "resnet") -> Path:
+    """A tiny dual checkpoint of one family (`zoo.tiny_classifier`; untrained branch) staged as for the Hub."""
+    dual = DualSigmoidForImageClassification.from_classifier(tiny_classifier(family, num_labels=num_labels))
     processor = T.ViTImageProcessorPil(size={"height": 32, "width": 32})
     publish(dual, processor, "someone/tiny", str(stage_dir), dry_run=True)
     return stage_dir
@@ -214,6 +215,26 @@ def browser_page(url: str):
             browser.close()
 
 
+def listbox(page, dropdown: str):
+    """The option list of the dropdown with elem_id `dropdown` (open it first)."""
+    return page.locator("#" + page.locator(f"#{dropdown} input").get_attribute("aria-controls"))
+
+
+def offered_methods(page) -> list[str]:
+    """The method dropdown's options, in order (the dropdown is closed and left unfocused afterwards)."""
+    page.click("#method input")
+    offered = [text.split("\n")[-1] for text in listbox(page, "method").locator("li").all_inner_texts()]
+    page.locator("#method input").press("Escape")
+    page.locator("#method input").blur()  # a click on the still-focused input would not open the list again
+    return offered
+
+
+def pick(page, dropdown: str, option: str) -> None:
+    """Choose `option` from the dropdown's list, as a user does with the mouse."""
+    page.locator(f"#{dropdown} input").click()
+    listbox(page, dropdown).locator("li", has_text=option).click()
+
+
 def upload(page, path: Path) -> None:
     page.set_input_files("#image input[type=file]", str(path))
     page.wait_for_selector("#image img")
@@ -261,11 +282,7 @@ def test_the_page_explains_reports_errors_and_clears_stale_results(tmp_path):
     names = {f"class_{i}" for i in range(8)}
     with serve_app(model_dir, tmp_path) as url, browser_page(url) as page:
         assert "never trained" in page.inner_text("body")  # from_classifier's branch is untrained
-        page.click("#method input")
-        listbox = page.locator("#" + page.locator("#method input").get_attribute("aria-controls"))
-        offered = [text.split("\n")[-1] for text in listbox.locator("li").all_inner_texts()]
-        assert offered == [m for m in CAM_METHODS if m not in ("rollout", "tscam")]  # a ResNet: no attention maps
-        page.locator("#method input").press("Escape")
+        assert offered_methods(page) == [m for m in CAM_METHODS if m not in ("rollout", "tscam")]  # no attentions
 
         upload(page, CHELSEA)
         page.click("#explain")
@@ -295,10 +312,7 @@ def test_the_page_explains_reports_errors_and_clears_stale_results(tmp_path):
         page.click("#explain")
         expect_error(page, "targets must lie in [0, 8)")
 
-        page.locator("#target input").click()
-        page.locator("#" + page.locator("#target input").get_attribute("aria-controls")).locator(
-            "li", has_text="class_3"
-        ).click()
+        pick(page, "target", "class_3")
         page.click("#explain")
         expect_results(page, "explained class: class_3 (id 3)")
 
@@ -313,11 +327,45 @@ def test_the_page_explains_reports_errors_and_clears_stale_results(tmp_path):
         assert np.asarray(Image.open(io.BytesIO(overlay_pngs(page)[0]))).shape == np.asarray(Image.open(COFFEE)).shape
 
 
-def screenshot(output: Path) -> None:
-    """The page after a Grad-CAM run of EfficientNet-Lite0 on scikit-image's chelsea photo, as a PNG."""
+@needs_browser
+def test_the_page_offers_and_runs_attention_methods_for_a_vit(tmp_path):
+    model_dir = stage_tiny(tmp_path / "tiny-vit", num_labels=8, family="vit")
+    app = load_app()
+    with serve_app(model_dir, tmp_path) as url, browser_page(url) as page:
+        # what the engine runs for this checkpoint, which for a ViT is every method, rollout and tscam included
+        assert offered_methods(page) == app.cam_pipeline(str(model_dir)).supported_methods() == list(CAM_METHODS)
+        pick(page, "method", "rollout")
+        upload(page, CHELSEA)
+        page.click("#explain")
+        expect_results(page, "prediction: class_")
+        # the very overlays and summary of a rollout run (not of the default gradcam), for both heads
+        photo = Image.open(CHELSEA)
+        softmax, sigmoid, _, _, summary = app.explain_image(photo, "rollout", "", model_id=str(model_dir))
+        for png, want in zip(overlay_pngs(page), (softmax, sigmoid), strict=True):
+            got = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+            assert got.shape == np.asarray(photo).shape
+            np.testing.assert_array_equal(got, np.asarray(want.convert("RGB")))
+        assert page.inner_text("#summary") == summary
+
+
+def save_screenshot(page, path: Path) -> None:
+    """The viewport down to the examples, as a 256-colour dithered PNG (a fraction of a true-colour one's size)."""
+    page.mouse.move(0, 0)  # no hover highlight
+    viewport = page.viewport_size
+    examples_top = page.get_by_text("Examples", exact=True).first.bounding_box()["y"]
+    clip = {"x": 0, "y": 0, "width": viewport["width"], "height": min(viewport["height"], int(examples_top) - 8)}
+    shot = Image.open(io.BytesIO(page.screenshot(clip=clip, animations="disabled"))).convert("RGB")
+    shot.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG).save(path, optimize=True)
+    print(f"wrote {path} ({path.stat().st_size // 1024} KiB)")
+
+
+def screenshot(output: Path, error_output: Path) -> None:
+    """The page after a Grad-CAM run of EfficientNet-Lite0 on scikit-image's chelsea photo (`output`), then after an
+    unknown class name typed as the target (`error_output`: the reason, the outputs cleared), as PNGs."""
     import tempfile
 
     import skimage.data
+    from playwright.sync_api import expect
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -327,10 +375,14 @@ def screenshot(output: Path) -> None:
             upload(page, tmp / "chelsea.png")
             page.click("#explain")
             expect_results(page, "prediction: Egyptian cat")
-            page.mouse.move(0, 0)
-            page.screenshot(path=str(output))
-    print(f"wrote {output}")
+            save_screenshot(page, output)
+            set_target(page, "unicorn")
+            page.click("#explain")
+            expect_error(page, "unknown class name 'unicorn'")
+            expect(page.get_by_test_id("toast-body")).to_have_css("opacity", "1")  # done fading in
+            save_screenshot(page, error_output)
 
 
 if __name__ == "__main__":
-    screenshot(Path(sys.argv[1] if len(sys.argv) > 1 else REPO / "docs" / "space_screenshot.png"))
+    happy = Path(sys.argv[1] if len(sys.argv) > 1 else REPO / "docs" / "space_screenshot.png")
+    screenshot(happy, Path(sys.argv[2]) if len(sys.argv) > 2 else happy.with_name("space_error_screenshot.png"))
