@@ -6,7 +6,17 @@ the cache's write path (`ShardWriter`, then `mark_complete`), then `DualSigmoidT
 `accelerate launch` on CPU). Prints peak RSS per process (and its level after start-up), rows/s written and trained,
 then a projection for ILSVRC (1.28M images x 3 epochs) at ResNet-50's width (2048) and ViT-B/16's (768), from the
 rows/s measured at each width (the backbone pass that fills a real cache is not included).
+
+Evaluation (`--eval_images`, default 1,000 and 10,000): a synthetic WSOL test set of N images (`--eval_image_size`
+pixels) is drawn and saved in one process, then a fresh process loads it (memory-mapped Arrow), builds a tiny dual
+ResNet from a config and runs `evaluation.evaluate_model` (methods cam and gradcam, both heads, fidelity on,
+`--eval_size` maps, one thread). Prints the drawing process's peak RSS (it holds the whole set: not evaluation's),
+the RSS once the set is loaded (before evaluating), the evaluating process's peak RSS (its ru_maxrss) and the peaks
+of its anonymous and file-backed parts (sampled every 20 ms), and the ratio of the peaks over N. A 64-image run
+first fills numba's disk cache, so that no measured process pays for JIT compilation.
 Usage: python benchmarks/scale.py [--rows 1e4,1e5,1e6] [--processes 1,2] [--width 2048] [--classes 1000]
+                                  [--eval_images 1000,10000] [--eval_image_size 32] [--eval_size 64]
+                                  [--sections cache,eval]
 """
 
 import argparse
@@ -17,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -35,6 +46,13 @@ ILSVRC_ROWS, ILSVRC_EPOCHS = 1_281_167, 3
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def status_mib(*fields: str) -> dict:
+    """Fields of /proc/self/status (VmRSS, RssAnon, RssFile, VmHWM, ...) in MiB (Linux)."""
+    with open("/proc/self/status") as handle:
+        values = dict(line.split(":", 1) for line in handle)
+    return {name: int(values[name].split()[0]) / 1024 for name in fields}
 
 
 def write_random_shard(directory: str, rank: int, rows: range, width: int, classes: int) -> None:
@@ -134,6 +152,134 @@ def summary(rows: int, processes: int, width: int, results: list[dict]) -> dict:
     }
 
 
+class PeakSampler:
+    """Samples /proc/self/status every `interval` seconds in a thread: the peak of each field (MiB)."""
+
+    def __init__(self, fields=("RssAnon", "RssFile"), interval: float = 0.02):
+        self.fields, self.interval, self.peak = fields, interval, dict.fromkeys(fields, 0.0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _sample(self):
+        for name, value in status_mib(*self.fields).items():
+            self.peak[name] = max(self.peak[name], value)
+
+
+def draw_eval_set(args) -> None:
+    """Child process: draw and save a synthetic test set of `args.eval_images` images; record its cost."""
+    from hf_dualsig.data.synthetic import SyntheticWSOLConfig, load_synthetic_wsol
+
+    start = time.perf_counter()
+    config = SyntheticWSOLConfig(
+        num_train=1, num_val=1, num_test=args.eval_images, image_size=args.eval_image_size, num_classes=4
+    )
+    load_synthetic_wsol(config, cache_dir=args.dir)
+    record(args.dir, "draw", {"seconds": time.perf_counter() - start, "rss_peak": peak_rss_mib()})
+
+
+def evaluate_eval_set(args) -> None:
+    """Child process: load the saved set, then evaluate a tiny dual ResNet on it; record RSS before and after."""
+    from hf_dualsig.data.synthetic import SyntheticWSOLConfig, load_synthetic_wsol
+    from hf_dualsig.data.transforms import ImageTransform
+    from hf_dualsig.evaluation import EvalArguments, evaluate_model
+    from hf_dualsig.zoo import tiny_classifier
+
+    config = SyntheticWSOLConfig(
+        num_train=1, num_val=1, num_test=args.eval_images, image_size=args.eval_image_size, num_classes=4
+    )
+    dataset = load_synthetic_wsol(config, cache_dir=args.dir)["test"]  # already drawn: only loaded here
+    model = DualSigmoidForImageClassification.from_classifier(
+        tiny_classifier("resnet", num_labels=4, image_size=args.eval_image_size)
+    ).eval()
+    loaded = {"rss_peak": peak_rss_mib(), **status_mib("VmRSS", "RssAnon", "RssFile")}
+    settings = EvalArguments(
+        methods="cam,gradcam", eval_size=args.eval_size, fidelity=True, eval_batch_size=32, insertion_deletion_steps=0
+    )
+    start = time.perf_counter()
+    with PeakSampler() as sampled:
+        evaluate_model(model, dataset, ImageTransform(args.eval_image_size, args.eval_image_size), settings)
+    seconds = time.perf_counter() - start
+    record(
+        args.dir, "eval", {"seconds": seconds, "loaded": loaded, "sampled": sampled.peak, "rss_peak": peak_rss_mib()}
+    )
+
+
+def record(directory: str, name: str, value: dict) -> None:
+    with open(os.path.join(directory, f"{name}.json"), "w") as handle:
+        json.dump(value, handle)
+
+
+def run_eval(images: int, image_size: int, eval_size: int) -> dict:
+    """Draw the set in one fresh process, evaluate it in another: {"draw": ..., "eval": ...}."""
+    directory = tempfile.mkdtemp(prefix="hf_dualsig_scale_eval_")
+    try:
+        result = {}
+        for step in ("draw", "eval"):
+            command = [sys.executable, __file__, f"--{step}_worker", "--dir", directory]
+            command += ["--eval_images", str(images), "--eval_image_size", str(image_size)]
+            command += ["--eval_size", str(eval_size)]
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny convolutions: more threads only contend
+            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(done.stderr[-3000:])
+            with open(os.path.join(directory, f"{step}.json")) as handle:
+                result[step] = json.load(handle)
+        result["disk_mib"] = (
+            sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(directory) for name in names)
+            / 2**20
+        )
+        return result
+    finally:
+        shutil.rmtree(directory)
+
+
+def eval_section(args) -> None:
+    sizes = [int(float(n)) for n in args.eval_images.split(",")]
+    print(
+        f"\nevaluation: tiny dual ResNet, synthetic {args.eval_image_size}px images, cam + gradcam x 2 heads, "
+        f"maps at {args.eval_size}, fidelity on, batch 32, one process, 1 thread"
+    )
+    print(
+        "| N images | set on disk (MiB) | drawing it: s, peak RSS (MiB) | RSS with the set loaded (MiB) "
+        "| evaluation peak RSS (MiB) | its anonymous / file-backed part, peak sampled (MiB) | evaluation s |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    run_eval(64, args.eval_image_size, args.eval_size)  # warm-up: numba compiles its kernels into its disk cache once
+    table = []
+    for images in sizes:
+        row = run_eval(images, args.eval_image_size, args.eval_size)
+        table.append(row)
+        draw, ev = row["draw"], row["eval"]
+        print(
+            f"| {images} | {row['disk_mib']:.1f} | {draw['seconds']:.1f}, {draw['rss_peak']:.0f} | "
+            f"{ev['loaded']['VmRSS']:.0f} | {ev['rss_peak']:.0f} | {ev['sampled']['RssAnon']:.0f} / "
+            f"{ev['sampled']['RssFile']:.0f} | {ev['seconds']:.1f} |",
+            flush=True,
+        )
+    first, last = table[0]["eval"], table[-1]["eval"]
+    print(
+        f"evaluation peak RSS: N={sizes[-1]} is {last['rss_peak'] / first['rss_peak']:.3f}x N={sizes[0]} "
+        f"({last['rss_peak'] - first['rss_peak']:+.1f} MiB); anonymous (heap) peak: "
+        f"{last['sampled']['RssAnon'] / first['sampled']['RssAnon']:.3f}x "
+        f"({last['sampled']['RssAnon'] - first['sampled']['RssAnon']:+.1f} MiB); file-backed peak "
+        f"{last['sampled']['RssFile'] - first['sampled']['RssFile']:+.1f} MiB (the set's Arrow file is memory-mapped: "
+        f"{table[-1]['disk_mib'] - table[0]['disk_mib']:+.1f} MiB more on disk)"
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", default="1e4,1e5,1e6")
@@ -141,12 +287,31 @@ def main():
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--vit_width", type=int, default=768)
     parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--eval_images", default="1000,10000")
+    parser.add_argument("--eval_image_size", type=int, default=32)
+    parser.add_argument("--eval_size", type=int, default=64)
+    parser.add_argument("--sections", default="cache,eval", help="cache, eval or both (comma-separated)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--draw_worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--eval_worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         args.rows = int(float(args.rows))
         return worker(args)
+    if args.draw_worker or args.eval_worker:
+        args.eval_images = int(args.eval_images)
+        return draw_eval_set(args) if args.draw_worker else evaluate_eval_set(args)
+    sections = {s.strip() for s in args.sections.split(",")}
+    if not sections <= {"cache", "eval"} or not sections:
+        parser.error(f"--sections {args.sections!r}: expected cache, eval or both.")
+    if "cache" in sections:
+        cache_section(args)
+    if "eval" in sections:
+        eval_section(args)
+
+
+def cache_section(args) -> None:
     sizes, counts = [int(float(n)) for n in args.rows.split(",")], [int(p) for p in args.processes.split(",")]
     print(f"{args.classes} classes, batch 256 in all, float32 cache, {os.cpu_count()} CPU cores")
     print(

@@ -28,7 +28,7 @@ from .evaluation import EvalArguments, run_evaluation
 from .files import OutputLock, check_writable
 from .hub import check_model_source, check_repo_id, publish, require_token
 from .modeling_dualsig import DualSigmoidForImageClassification
-from .training import DualSigmoidTrainer, TransformedDataset
+from .training import AUTOCAST_DTYPES, DualSigmoidTrainer, TransformedDataset, check_autocast
 
 logger = logging.getLogger(__name__)
 STAGES = ("softmax", "sigmoid", "both")
@@ -84,6 +84,15 @@ class ModelArguments:
             "view per image), so that augmented training (--augment, --recipe paper) also trains on cached features."
         },
     )
+    feature_cache_autocast: str = field(
+        default="float32",
+        metadata={
+            "help": "How the frozen backbone computes stage 2's feature cache: float32 (exact), bfloat16 "
+            "(torch.autocast; for speed on GPUs; features within about 0.5% relative per vector; also runs on CPU) or float16 "
+            "(CUDA only). Stored as float32 either way; part of the cache's key. Stage 1's cached features, when "
+            "stage 2 reuses them (the default recipe), are float32."
+        },
+    )
 
     def __post_init__(self):
         choices = {"stage": STAGES, "recipe": RECIPES, "sigmoid_head_init": SIGMOID_HEAD_INITS}
@@ -97,6 +106,10 @@ class ModelArguments:
             raise ValueError(f"--pos_weight {self.pos_weight!r}: expected one of {POS_WEIGHT_MODES} or a number > 0.")
         if self.feature_cache_views is not None and self.feature_cache_views < 1:
             raise ValueError(f"--feature_cache_views {self.feature_cache_views}: must be a positive integer.")
+        if self.feature_cache_autocast not in AUTOCAST_DTYPES:
+            raise ValueError(
+                f"--feature_cache_autocast {self.feature_cache_autocast!r}: expected one of {tuple(AUTOCAST_DTYPES)}."
+            )
         for name in ("softmax_epochs", "softmax_learning_rate", "lr_classifier_ratio", "lr_decay_frequency"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name} {getattr(self, name)}: must be > 0.")
@@ -234,6 +247,7 @@ def sigmoid_trainer(dual, processor, splits, model: ModelArguments, args: Traini
         eval_transform=eval_transform,
         use_feature_cache=model.use_feature_cache,
         feature_cache_views=model.feature_cache_views,
+        feature_cache_autocast=model.feature_cache_autocast,
         **kwargs,
     )
 
@@ -284,6 +298,8 @@ def check_before_work(model: ModelArguments, data: DataArguments, args: Training
         if not args.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id user/name.")
         check_repo_id(args.hub_model_id, "--hub_model_id")
+    if model.stage != "softmax":  # float16 autocast needs CUDA: refused here, not after stage 1
+        check_autocast(model.feature_cache_autocast, args.device, "--feature_cache_autocast")
     if model.stage == "sigmoid" and model.model_name_or_path is None:
         raise ValueError("--stage sigmoid needs --model_name_or_path: a classifier trained on this label set.")
     source = model.model_name_or_path

@@ -1,5 +1,6 @@
 """Training the sigmoid branch: `DualSigmoidTrainer`, fed through the frozen backbone or from its feature cache."""
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -27,6 +28,7 @@ from .feature_cache import (
 from .modeling_dualsig import DualSigmoidForImageClassification
 
 logger = logging.getLogger(__name__)
+AUTOCAST_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class TransformedDataset(Dataset):
@@ -92,9 +94,23 @@ class _EpochToDataset(TrainerCallback):
         self.dataset.set_epoch(int(state.epoch or 0))
 
 
+def check_autocast(dtype: str, device: torch.device | str, name: str = "feature_cache_autocast") -> None:
+    """Refuse an autocast dtype for building the cache that is unknown, or float16 off CUDA (`name`: the field)."""
+    if dtype not in AUTOCAST_DTYPES:
+        raise ValueError(f"{name}={dtype!r}: expected one of {sorted(AUTOCAST_DTYPES)}.")
+    device_type = torch.device(device).type
+    if dtype == "float16" and device_type != "cuda":
+        raise ValueError(
+            f"{name}='float16' needs a CUDA device (the cache would be built on {device_type}): float16 autocast "
+            "is a GPU mode; use 'bfloat16' (which also runs on CPU) or 'float32'."
+        )
+
+
 @dataclass
 class CacheSettings:
-    """Where and how the feature cache is built."""
+    """Where and how the feature cache is built: `dtype` is how features are stored, `autocast_dtype` how the frozen
+    backbone computes them ("float32": exactly, no autocast; "bfloat16" or, on CUDA, "float16": under
+    `torch.autocast`, stored as `dtype` all the same). Both are part of the cache's key."""
 
     directory: str
     dtype: str = "float32"
@@ -102,6 +118,7 @@ class CacheSettings:
     device: torch.device | str = "cpu"
     num_workers: int = 0
     pin_memory: bool = False
+    autocast_dtype: str = "float32"
 
 
 @torch.no_grad()
@@ -117,8 +134,10 @@ def build_feature_cache(
 
     Each process computes a contiguous shard; then every process maps all shards, so all see the same features.
     """
+    check_dtype(settings.dtype)
+    check_autocast(settings.autocast_dtype, settings.device)
     state = PartialState()
-    directory = os.path.join(settings.directory, _cache_name(model, dataset, transform, schedule, settings.dtype))
+    directory = os.path.join(settings.directory, _cache_name(model, dataset, transform, schedule, settings))
     if not is_complete(directory):
         bounds = np.linspace(0, len(dataset), state.num_processes + 1).astype(int)
         rows = range(bounds[state.process_index], bounds[state.process_index + 1])
@@ -133,8 +152,9 @@ def build_feature_cache(
     return CachedFeatures(directory)
 
 
-def _cache_name(model, dataset, transform, schedule, dtype) -> str:
-    """The cache's key: frozen weights, head paths, transform, dataset fingerprint, views (and their seed), dtype."""
+def _cache_name(model, dataset, transform, schedule, settings: CacheSettings) -> str:
+    """The cache's key: frozen weights, head paths, transform, dataset fingerprint, views (and their seed), storage
+    dtype, and the autocast dtype when there is one (float32 caches keep the key they had before autocast existed)."""
     seed = schedule.seed if transform.is_random else None
     weights = tensors_digest(model.classifier.state_dict())
     parts = (
@@ -145,8 +165,10 @@ def _cache_name(model, dataset, transform, schedule, dtype) -> str:
         len(dataset),
         schedule.views,
         seed,
-        dtype,
+        settings.dtype,
     )
+    if settings.autocast_dtype != "float32":
+        parts = (*parts, f"autocast {settings.autocast_dtype}")
     return cache_key("hf_dualsig feature cache v2", *parts)[:32]
 
 
@@ -155,6 +177,8 @@ def _write_shard(model, dataset, transform, schedule, rows, directory, settings,
     device = torch.device(settings.device)
     model = model.to(device).eval()
     images = dataset.select_columns(["image", "label"])
+    autocast_dtype = AUTOCAST_DTYPES[settings.autocast_dtype]
+    autocast = (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype else contextlib.nullcontext
     for view in range(schedule.views):
         loader = DataLoader(
             Subset(TransformedDataset(images, transform, schedule, view), rows),
@@ -165,9 +189,10 @@ def _write_shard(model, dataset, transform, schedule, rows, directory, settings,
         )
         desc = f"caching head inputs, view {view + 1}/{schedule.views} ({len(dataset)} images)"
         for batch in tqdm(loader, desc=desc, disable=not state.is_main_process):
-            out = model(pixel_values=batch["pixel_values"].to(device, non_blocking=True))
+            with autocast():
+                out = model(pixel_values=batch["pixel_values"].to(device, non_blocking=True))
             for head, features in enumerate(out.head_inputs):
-                writer.append(f"view{view}.head{head}", features)
+                writer.append(f"view{view}.head{head}", features.float())  # stored as settings.dtype
             if view == 0:
                 writer.append("labels", batch["labels"])
     writer.close()
@@ -201,8 +226,10 @@ class DualSigmoidTrainer(Trainer):
     training transform, `feature_cache_views=K` caches K augmented views and each epoch draws one per image (see
     `feature_cache.ViewSchedule`); with `use_feature_cache=False` too, training goes through the backbone with the
     same draws. Caches live in `feature_cache_dir` (default `output_dir/feature_cache`), keyed by the frozen
-    weights, transform, dataset fingerprint, views and `feature_cache_dtype` ("float32", "float16", "bfloat16"),
-    and are reused by any run with the same key. Only `sigmoid_head` has trainable parameters; the backbone stays
+    weights, transform, dataset fingerprint, views, `feature_cache_dtype` (how features are stored: "float32",
+    "float16", "bfloat16") and `feature_cache_autocast` (how the frozen backbone computes them: "float32", exact, the
+    default; "bfloat16" under `torch.autocast`, for speed on GPUs with bf16 units, features then within about
+    2**-8 relative per feature vector: 5.5e-3 at most on benchmarks/train_head.py's model; "float16", CUDA only), and are reused by any run with the same key. Only `sigmoid_head` has trainable parameters; the backbone stays
     in eval mode; evaluation reports both heads' accuracy and the BCE.
     """
 
@@ -218,6 +245,7 @@ class DualSigmoidTrainer(Trainer):
         feature_cache_views: int | None = None,
         feature_cache_dtype: str = "float32",
         feature_cache_dir: str | None = None,
+        feature_cache_autocast: str = "float32",
         **kwargs,
     ):
         if not isinstance(model, DualSigmoidForImageClassification):
@@ -226,6 +254,7 @@ class DualSigmoidTrainer(Trainer):
                 "convert it with DualSigmoidForImageClassification.from_classifier(model)."
             )
         check_dtype(feature_cache_dtype)
+        check_autocast(feature_cache_autocast, args.device)
         if feature_cache_views is not None and (not isinstance(feature_cache_views, int) or feature_cache_views < 1):
             raise ValueError(f"feature_cache_views={feature_cache_views!r}: expected a positive integer.")
         kinds = {"train": _row_kind(train_dataset, "train_dataset"), "eval": _row_kind(eval_dataset, "eval_dataset")}
@@ -242,6 +271,7 @@ class DualSigmoidTrainer(Trainer):
             device=args.device,
             num_workers=args.dataloader_num_workers,
             pin_memory=args.dataloader_pin_memory,
+            autocast_dtype=feature_cache_autocast,
         )
         feed = _Feed(model, self.uses_feature_cache, settings)
         train_dataset = feed(train_dataset, kinds["train"], train_transform, schedule if feature_cache_views else None)

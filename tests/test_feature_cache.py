@@ -189,3 +189,34 @@ def test_two_processes_read_the_same_features_and_train_the_same_head(tiny_class
     two_head = DualSigmoidForImageClassification.from_pretrained(tmp_path / "two").sigmoid_head.state_dict()
     for key, value in one.model.sigmoid_head.state_dict().items():
         torch.testing.assert_close(two_head[key], value, atol=1e-5, rtol=0)
+
+
+def test_bfloat16_autocast_cache_is_close_to_float32_and_keyed_apart(tiny_classifier_dir, synthetic, tmp_path):
+    torch.manual_seed(0)
+    model = DualSigmoidForImageClassification.from_classifier(
+        T.AutoModelForImageClassification.from_pretrained(tiny_classifier_dir)
+    )
+    calls = []
+    model.classifier.register_forward_hook(lambda *_: calls.append(1))
+
+    def build(autocast, dtype="float32"):
+        settings = CacheSettings(str(tmp_path), dtype=dtype, batch_size=16, autocast_dtype=autocast)
+        return build_feature_cache(model, synthetic["train"], TRANSFORM, ViewSchedule(1, 0), settings)
+
+    for bad, message in [("int8", "feature_cache_autocast='int8': expected one of"), ("float16", "needs a CUDA")]:
+        with pytest.raises(ValueError, match=message):
+            build(bad)
+    assert not calls and not list(tmp_path.iterdir())  # refused before any forward or file
+    exact, fast = build("float32"), build("bfloat16")
+    assert exact.directory != fast.directory and len(calls) == 6  # another key: the fp32 cache was not reused
+    assert build("bfloat16").directory == fast.directory and len(calls) == 6  # reused with the same autocast
+    rows = list(range(48))
+    a, b = (cache.__getitems__(rows)["head_inputs"][0].flatten(1) for cache in (exact, fast))
+    assert b.dtype == torch.float32 and fast.meta["dtype"] == "float32"  # stored as the storage dtype
+    assert not torch.equal(a, b)  # autocast really ran
+    # measured on this model: at most 0.0041 (median 0.0022) per row, about 2**-8; bound with a 5x margin
+    relative = (b - a).norm(dim=1) / a.norm(dim=1)
+    assert relative.max() < 0.02, relative.max()
+    stored_bf16 = build("bfloat16", dtype="bfloat16")  # bf16 compute, bf16 storage: one more rounding at most
+    c = stored_bf16.__getitems__(rows)["head_inputs"][0].flatten(1)
+    assert ((c - a).norm(dim=1) / a.norm(dim=1)).max() < 0.02

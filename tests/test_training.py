@@ -174,12 +174,21 @@ def test_bad_trainer_arguments_fail_before_any_work(tiny_classifier_dir, synthet
         (dict(feature_cache_views=2), "feature_cache_views=2 needs a random"),
         (dict(feature_cache_views=0), "feature_cache_views"),
         (dict(feature_cache_dtype="int8"), "feature_cache_dtype"),
+        (dict(feature_cache_autocast="int8"), "feature_cache_autocast='int8'"),
+        (dict(feature_cache_autocast="float16"), "feature_cache_autocast='float16' needs a CUDA device"),
         (dict(train_dataset=synthetic["train"].select([])), "train_dataset is empty"),
     ]
     for overrides, message in cases:
         with pytest.raises(ValueError, match=message):
             _train_head(tiny_classifier_dir, synthetic, tmp_path, **overrides)
     assert not (tmp_path / "feature_cache").exists()
+    with pytest.raises(ValueError, match="--feature_cache_autocast 'half'"):
+        ModelArguments(feature_cache_autocast="half")
+    data = DataArguments()
+    args = DualSigTrainingArguments(output_dir=str(tmp_path / "job"), use_cpu=True)
+    with pytest.raises(ValueError, match="--feature_cache_autocast='float16' needs a CUDA device"):
+        run(ModelArguments(feature_cache_autocast="float16"), data, args)  # before stage 1, before any data
+    assert not (tmp_path / "job").exists()
 
 
 def test_feature_cache_trains_the_same_head_and_freezes_the_rest(tiny_classifier_dir, synthetic, tmp_path):
