@@ -25,6 +25,7 @@ from .data.loaders import check_label_names, check_split
 from .data.splits import DataArguments, load_split, load_splits
 from .data.transforms import ImageTransform, transform_from_processor
 from .evaluation import EvalArguments, run_evaluation
+from .feature_cache import check_dtype
 from .files import OutputLock, check_writable
 from .hub import check_model_source, check_repo_id, publish, require_token
 from .modeling_dualsig import DualSigmoidForImageClassification
@@ -84,13 +85,20 @@ class ModelArguments:
             "view per image), so that augmented training (--augment, --recipe paper) also trains on cached features."
         },
     )
+    feature_cache_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "How stage 2's feature cache stores features: float32 (exact), float16 or bfloat16 (half the "
+            "disk and page cache; rounding error bounded per feature, overflow refused); part of the cache's key."
+        },
+    )
     feature_cache_autocast: str = field(
         default="float32",
         metadata={
             "help": "How the frozen backbone computes stage 2's feature cache: float32 (exact), bfloat16 "
-            "(torch.autocast; for speed on GPUs; features within about 0.5% relative per vector; also runs on CPU) or float16 "
-            "(CUDA only). Stored as float32 either way; part of the cache's key. Stage 1's cached features, when "
-            "stage 2 reuses them (the default recipe), are float32."
+            "(torch.autocast; for speed on GPUs; features within about 0.5% relative per vector; also runs on CPU) "
+            "or float16 (CUDA only). Stored as --feature_cache_dtype; part of the cache's key. Stage 1's cached "
+            "features, when stage 2 reuses them (the default recipe), are float32."
         },
     )
 
@@ -106,6 +114,7 @@ class ModelArguments:
             raise ValueError(f"--pos_weight {self.pos_weight!r}: expected one of {POS_WEIGHT_MODES} or a number > 0.")
         if self.feature_cache_views is not None and self.feature_cache_views < 1:
             raise ValueError(f"--feature_cache_views {self.feature_cache_views}: must be a positive integer.")
+        check_dtype(self.feature_cache_dtype)
         if self.feature_cache_autocast not in AUTOCAST_DTYPES:
             raise ValueError(
                 f"--feature_cache_autocast {self.feature_cache_autocast!r}: expected one of {tuple(AUTOCAST_DTYPES)}."
@@ -247,6 +256,7 @@ def sigmoid_trainer(dual, processor, splits, model: ModelArguments, args: Traini
         eval_transform=eval_transform,
         use_feature_cache=model.use_feature_cache,
         feature_cache_views=model.feature_cache_views,
+        feature_cache_dtype=model.feature_cache_dtype,
         feature_cache_autocast=model.feature_cache_autocast,
         **kwargs,
     )
@@ -266,7 +276,9 @@ def paper_optimizer(dual, args: TrainingArguments, model: ModelArguments, num_tr
     )
     batches = math.ceil(num_train / (args.per_device_train_batch_size * args.world_size))
     steps_per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=model.lr_decay_frequency * steps_per_epoch, gamma=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(
+        optimizer, step_size=model.lr_decay_frequency * steps_per_epoch, gamma=0.1
+    )
     return optimizer, scheduler
 
 

@@ -55,7 +55,9 @@ def test_top_block_tail_reproduces_the_classifier(synthetic, num_workers):
     classifier = tiny_classifier("efficientnet", num_labels=4)
     transform = transform_from_processor(T.ViTImageProcessorPil(size={"height": 32, "width": 32}))
     conv, norm, activation = (resolve_module(classifier, n) for n in TOP_BLOCKS["EfficientNetForImageClassification"])
-    inputs, labels = cached_inputs(classifier, conv, synthetic["test"], transform, batch_size=5, num_workers=num_workers)
+    inputs, labels = cached_inputs(
+        classifier, conv, synthetic["test"], transform, batch_size=5, num_workers=num_workers
+    )
     pixels = torch.stack([transform(image) for image in synthetic["test"]["image"]])
     with torch.no_grad():
         expected = classifier(pixel_values=pixels).logits
@@ -144,8 +146,15 @@ def test_paper_recipe_builds_the_authors_optimiser_schedule_and_transforms(tiny_
         dual, processor, splits, ModelArguments(recipe="paper", lr_classifier_ratio=10, use_feature_cache=False), args
     )
     assert ratio.optimizer.param_groups[0]["lr"] == pytest.approx(0.03)
-    cached = sigmoid_trainer(dual, processor, splits, ModelArguments(recipe="paper", feature_cache_views=2), args)
+    cached = sigmoid_trainer(
+        dual,
+        processor,
+        splits,
+        ModelArguments(recipe="paper", feature_cache_views=2, feature_cache_dtype="bfloat16"),
+        args,
+    )
     assert cached.uses_feature_cache and len(cached.train_dataset) == len(splits["train"])
+    assert cached.train_dataset.meta["dtype"] == "bfloat16"  # --feature_cache_dtype reaches the cache
 
 
 def test_a_stray_label_is_an_error_naming_its_row(synthetic):
@@ -168,6 +177,11 @@ def test_bad_arguments_stop_before_any_work(tiny_efficientnet_dir, tmp_path):
         ModelArguments(recipe="authors")
     with pytest.raises(ValueError, match="--sigmoid_head_init"):
         ModelArguments(sigmoid_head_init="xavier")
+    with pytest.raises(ValueError, match="feature_cache_dtype='int8'"):
+        ModelArguments(feature_cache_dtype="int8")
+    for field, value in (("eval_num_workers", -1), ("metric_workers", -2)):
+        with pytest.raises(ValueError, match=f"--{field} {value}"):
+            EvalArguments(**{field: value})
     with pytest.raises(ValueError, match="--methods"):
         EvalArguments(methods="cam,smoothgrad")
     for field, value in (("eval_size", 0), ("eval_batch_size", 0), ("cam_threshold_interval", 0.0)):
