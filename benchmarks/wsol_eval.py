@@ -1,19 +1,25 @@
 """WSOL metrics on 224x224 maps (half smooth upsampled CAMs, half noisy): the fast exact accumulators against the
 per-threshold references (`hf_dualsig.metrics.reference`: a cv2.findContours, or a pass over the pixels, per
-threshold) on one core, with identical counts asserted; then the fast path over all maps split over 2 processes.
+threshold) on one core, with identical counts asserted; then the fast path (MaxBoxAcc family + PxAP) over all maps
+with 1 and 2 worker threads (the numba sweeps release the GIL) and with 2 processes, each worker scoring an
+interleaved share into its own accumulators, merged, with counts asserted identical to one thread's; and from the
+measured per-map cost, a projection for 16 workers and for ILSVRC val.
 
 One-core figures are CPU seconds of this process with torch, OpenCV and numba held to one thread, map by map: the
 reference once, the fast path the median of 5 runs right after it (the machine's load then weighs on both alike).
-The box reference runs on the first maps of each kind only (a noisy map takes it seconds).
+The box reference runs on the first maps of each kind only (a noisy map takes it seconds). Scaling figures are wall
+clock, the median of --rounds rounds, each round running 1 thread, 2 threads and 2 processes in turn.
 
 Usage: python benchmarks/wsol_eval.py [--maps 500] [--smooth-reference 40] [--noisy-reference 5] [--pxap-reference 100]
+       [--rounds 3]
 """
 
 import argparse
 import multiprocessing
+import os
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import cv2
 import numba
@@ -27,6 +33,8 @@ from hf_dualsig.metrics.wsol import BoxAccuracy, PixelPrecision, thresholds
 
 SIZE = 224
 SHARED = {}  # maps and boxes, inherited by forked workers instead of pickled to them
+ILSVRC_VAL_MAPS = 50_000 * 5 * 2  # images x the paper's 5 methods x 2 heads
+PROJECTED_WORKERS = 16
 
 
 def cam_like_maps(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -60,8 +68,91 @@ def fast_boxes(maps, boxes) -> BoxAccuracy:
     return accuracy
 
 
-def fast_shard(start: int, step: int) -> BoxAccuracy:
-    return fast_boxes(SHARED["maps"][start::step], SHARED["boxes"][start::step])
+def fast_share(start: int, step: int) -> tuple[BoxAccuracy, PixelPrecision]:
+    """MaxBoxAcc family and PxAP (the GT boxes as masks) of maps start, start + step, ... into new accumulators."""
+    boxes, pixels = BoxAccuracy(), PixelPrecision()
+    for score_map, b in zip(SHARED["maps"][start::step], SHARED["boxes"][start::step]):
+        boxes.add(score_map, b)
+        pixels.add(score_map, box_mask(b))
+    return boxes, pixels
+
+
+def in_workers(executor, workers: int) -> tuple[BoxAccuracy, PixelPrecision]:
+    """Every map scored by `workers` threads or processes, interleaved shares (each gets smooth and noisy maps), then
+    the accumulators merged."""
+    with executor(workers) as pool:
+        parts = list(pool.map(fast_share, range(workers), [workers] * workers))
+    boxes, pixels = parts[0]
+    for other_boxes, other_pixels in parts[1:]:
+        boxes, pixels = boxes.merge(other_boxes), pixels.merge(other_pixels)
+    return boxes, pixels
+
+
+def same_counts(a: tuple[BoxAccuracy, PixelPrecision], b: tuple[BoxAccuracy, PixelPrecision]) -> bool:
+    (boxes_a, pixels_a), (boxes_b, pixels_b) = a, b
+    return (
+        np.array_equal(boxes_a.correct_v1, boxes_b.correct_v1)
+        and np.array_equal(boxes_a.correct_v2, boxes_b.correct_v2)
+        and (boxes_a.gt_known, boxes_a.top1, boxes_a.count) == (boxes_b.gt_known, boxes_b.top1, boxes_b.count)
+        and np.array_equal(pixels_a.foreground, pixels_b.foreground)
+        and np.array_equal(pixels_a.background, pixels_b.background)
+    )
+
+
+def timed(run):
+    """(result, wall seconds, cores busy: CPU seconds of this process and of its finished children per wall second)."""
+    start, before = time.perf_counter(), os.times()
+    result = run()
+    after, wall = os.times(), time.perf_counter() - start
+    return result, wall, (sum(after[:4]) - sum(before[:4])) / wall  # user, system, children's user and system
+
+
+def scaling(maps, boxes, rounds: int) -> None:
+    """The fast path over all maps: 1 and 2 threads, 2 processes (forked), identical counts; one thread on the smooth
+    maps alone; then the projection."""
+    SHARED.update(maps=maps, boxes=boxes)
+    fork = multiprocessing.get_context("fork")
+    runs = {
+        "1 thread": lambda: in_workers(ThreadPoolExecutor, 1),
+        "2 threads": lambda: in_workers(ThreadPoolExecutor, 2),
+        "2 processes": lambda: in_workers(lambda n: ProcessPoolExecutor(n, mp_context=fork), 2),
+    }
+    walls, busy, smooth = {name: [] for name in runs}, {name: [] for name in runs}, []
+    reference_counts = None
+    for _ in range(rounds):
+        for name, run in runs.items():
+            counts, seconds, cores = timed(run)
+            if reference_counts is None:  # the first run: one thread
+                reference_counts = counts
+            assert same_counts(counts, reference_counts), f"{name}: counts differ from one thread's"
+            walls[name].append(seconds)
+            busy[name].append(cores)
+        smooth.append(timed(lambda: fast_share(0, 2))[1])  # interleaved: the even maps are the smooth ones
+    t = {name: statistics.median(values) for name, values in walls.items()}
+    print(
+        f"MaxBoxAcc V1 + V2 + GT-known and PxAP over all {len(maps)} maps, wall clock, median of {rounds} "
+        f"(cores busy = CPU seconds / wall second; {os.cpu_count()} CPUs here, load average "
+        f"{os.getloadavg()[0]:.1f} at the end): "
+        + ", ".join(f"{name} {t[name]:.2f} s ({statistics.median(busy[name]):.2f} cores busy)" for name in runs)
+        + f"; speedup 2 threads {t['1 thread'] / t['2 threads']:.2f}x, 2 processes "
+        f"{t['1 thread'] / t['2 processes']:.2f}x; identical counts after merge"
+    )
+    efficiency = t["1 thread"] / t["2 threads"] / 2  # per worker, from 1 to 2 threads
+    per_map = {
+        "smooth CAM-like maps": statistics.median(smooth) / len(maps[::2]),
+        "this mix": t["1 thread"] / len(maps),
+    }
+    scale = PROJECTED_WORKERS * efficiency
+    print(
+        f"projected on {PROJECTED_WORKERS} cores with {PROJECTED_WORKERS} threads, assuming the speedup stays linear "
+        f"up to the core count at the per-thread efficiency measured from 1 to 2 threads ({efficiency:.2f}; "
+        f"{scale:.1f}x): these {len(maps)} maps {t['1 thread'] / scale:.2f} s; ILSVRC val (50,000 images x 5 "
+        f"methods x 2 heads = {ILSVRC_VAL_MAPS:,} maps): "
+        + ", ".join(
+            f"{kind} ({1e3 * cost:.1f} ms/map on one thread) {cost * ILSVRC_VAL_MAPS / scale / 60:.1f} min"
+            for kind, cost in per_map.items()
+        )
+    )
 
 
 def fast_pixels(maps, boxes) -> PixelPrecision:
@@ -126,6 +217,7 @@ def main():
     parser.add_argument("--smooth-reference", type=int, default=40, help="smooth maps timed against the reference")
     parser.add_argument("--noisy-reference", type=int, default=5, help="noisy maps timed against the reference")
     parser.add_argument("--pxap-reference", type=int, default=100, help="maps timed against the PxAP reference")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the scaling figures (median)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -142,20 +234,7 @@ def main():
     compare_boxes("smooth CAMs", maps[0 : 2 * args.smooth_reference : 2], boxes[0 : 2 * args.smooth_reference : 2])
     compare_boxes("noisy maps", maps[1 : 2 * args.noisy_reference : 2], boxes[1 : 2 * args.noisy_reference : 2])
     compare_pixels(maps[: args.pxap_reference], boxes[: args.pxap_reference])
-
-    SHARED.update(maps=maps, boxes=boxes)
-    start = time.perf_counter()
-    result = fast_shard(0, 1)
-    t_one = time.perf_counter() - start
-    start = time.perf_counter()  # interleaved shards, so both processes get smooth and noisy maps
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
-        parts = list(pool.map(fast_shard, (0, 1), (2, 2)))
-    t_two = time.perf_counter() - start
-    merged = parts[0].merge(parts[1])
-    print(
-        f"MaxBoxAcc over all {len(maps)} maps, wall clock: 1 process {t_one:.2f} s, 2 processes {t_two:.2f} s, "
-        f"speedup {t_one / t_two:.2f}x (identical after merge: {merged.compute() == result.compute()})"
-    )
+    scaling(maps, boxes, args.rounds)
 
 
 if __name__ == "__main__":

@@ -13,84 +13,17 @@ import numpy as np
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .cam import CAM_METHODS, HEADS, available_heads, explain, map_recipe, reference_maps
-from .data.loaders import read_wsol_metadata, union_mask_image
+from .cam import available_heads, explain, map_recipe, reference_maps
 from .data.transforms import ImageTransform, transform_from_processor
+from .eval_arguments import PAPER_METHODS, EvalArguments  # noqa: F401  (PAPER_METHODS: re-exported)
 from .files import safe_join, write_atomically, write_text
 from .metrics.fidelity import ConfidenceChange, class_probabilities, insertion_deletion_auc, probabilities
 from .viz import gallery, save_png
-from .metrics.wsol import BoxAccuracy, PixelPrecision, check_boxes, check_score_map, rescale_boxes
-
-PAPER_METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam")
-
-
-@dataclass
-class EvalArguments:
-    """What to evaluate and how (wsolevaluation's protocol unless changed): the options of scripts/evaluate.py and of
-    the evaluation that ends scripts/train.py. Every value is checked on construction, before any work."""
-
-    test_split: str = field(default="test", metadata={"help": "Split to evaluate."})
-    methods: str = field(default=",".join(PAPER_METHODS), metadata={"help": "Comma-separated CAM methods."})
-    heads: str = field(default="softmax,sigmoid", metadata={"help": "Comma-separated heads."})
-    eval_size: int = field(default=224, metadata={"help": "Resolution of the WSOL metrics (reference: 224)."})
-    cam_threshold_interval: float = field(default=0.001, metadata={"help": "Step of the CAM thresholds in [0, 1)."})
-    fixed_threshold: float = field(default=0.2, metadata={"help": "CAM threshold of Top-1 and GT-known Loc."})
-    first_gt_box_only: bool = field(default=False, metadata={"help": "Top-1/GT-known against the first GT box only."})
-    fidelity: bool = field(default=True, metadata={"help": "Average Drop, Increase in Confidence, insertion/deletion."})
-    fidelity_head: str = field(default="softmax", metadata={"help": "Head whose probabilities score fidelity."})
-    insertion_deletion_steps: int = field(
-        default=0,
-        metadata={"help": "Steps of insertion/deletion AUC (0: skip; the paper reports AD and IC only; 16 is common)."},
-    )
-    eval_batch_size: int = field(default=32, metadata={"help": "Images per CAM batch."})
-    eval_num_workers: int = field(
-        default=0, metadata={"help": "DataLoader workers that read and transform test images (0: the main process)."}
-    )
-    metric_workers: int = field(
-        default=0,
-        metadata={"help": "Threads that score maps while the next batch's maps are drawn (0: score in turn)."},
-    )
-    save_scoremaps: bool = field(default=False, metadata={"help": "Also save every map as .npy (wsolevaluation)."})
-    max_eval_images: int | None = field(default=None, metadata={"help": "Evaluate the first N images only."})
-    evaluate_after_training: bool = field(
-        default=True, metadata={"help": "scripts/train.py: evaluate the dual model on the test split at the end."}
-    )
-
-    def __post_init__(self):
-        unknown = [m for m in self.method_names if m not in CAM_METHODS]
-        if unknown or not self.method_names:
-            raise ValueError(f"--methods {self.methods!r}: unknown {unknown}; available: {', '.join(CAM_METHODS)}.")
-        bad_heads = [h for h in self.head_names if h not in HEADS]
-        if bad_heads or not self.head_names:
-            raise ValueError(f"--heads {self.heads!r}: expected a comma-separated subset of {', '.join(HEADS)}.")
-        if self.fidelity_head not in HEADS:
-            raise ValueError(f"--fidelity_head {self.fidelity_head!r}: expected one of {', '.join(HEADS)}.")
-        for name in ("eval_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} {getattr(self, name)}: must be a positive integer.")
-        for name in ("eval_num_workers", "metric_workers"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name} {getattr(self, name)}: must be >= 0.")
-        if not 0 < self.cam_threshold_interval < 1:
-            raise ValueError(f"--cam_threshold_interval {self.cam_threshold_interval}: must lie in (0, 1).")
-        if not 0 <= self.fixed_threshold < 1:
-            raise ValueError(f"--fixed_threshold {self.fixed_threshold}: must lie in [0, 1).")
-        if self.insertion_deletion_steps < 0:
-            raise ValueError(f"--insertion_deletion_steps {self.insertion_deletion_steps}: must be >= 0.")
-        if self.max_eval_images is not None and self.max_eval_images < 1:
-            raise ValueError(f"--max_eval_images {self.max_eval_images}: must be a positive integer.")
-
-    @property
-    def method_names(self) -> tuple[str, ...]:
-        return tuple(m.strip() for m in self.methods.split(",") if m.strip())
-
-    @property
-    def head_names(self) -> tuple[str, ...]:
-        return tuple(h.strip() for h in self.heads.split(",") if h.strip())
+from .metrics.wsol import BoxAccuracy, PixelPrecision, check_boxes, rescale_boxes
+from .scoremaps import binary_mask as _mask, evaluate_scoremaps  # noqa: F401  (evaluate_scoremaps: re-exported)
 
 
 @dataclass
@@ -302,13 +235,6 @@ def _save_npy(path: str, array: np.ndarray) -> None:
         np.save(handle, array)
 
 
-def _mask(image: Image.Image | None, size) -> np.ndarray | None:
-    if image is None:
-        return None
-    array = np.asarray(image.convert("L").resize(size[::-1], Image.NEAREST), dtype=np.float32) / 255.0
-    return array > 0.5
-
-
 @torch.no_grad()
 def _add_fidelity(counts: _Counts, model, pixels, maps, labels, logits: dict, settings: EvalArguments) -> None:
     """Average Drop / Increase in Confidence (and insertion/deletion): the image's scores come from the explanation
@@ -357,55 +283,6 @@ def _results(counts: dict, correct: dict, total: int, settings: EvalArguments, h
         "piou_definition": "max over thresholds of TP / (TP + FP + FN), in %",
     }
     return results
-
-
-def evaluate_scoremaps(
-    scoremap_dir: str, metadata_dir: str, settings: EvalArguments, mask_root: str | None = None
-) -> dict:
-    """Score precomputed maps (`<scoremap_dir>/<image_id>.npy`, wsolevaluation layout, eval_size square, values in
-    [0, 1]) against metadata, with no model: MaxBoxAcc family from boxes, PxAP from masks."""
-    meta = read_wsol_metadata(metadata_dir)
-    size = (settings.eval_size, settings.eval_size)
-    boxes_acc = BoxAccuracy(settings.cam_threshold_interval, settings.fixed_threshold, settings.first_gt_box_only)
-    pixels = PixelPrecision(settings.cam_threshold_interval)
-    indices = _shard(len(meta.image_ids))
-    for index in tqdm(indices, desc="scoring maps", disable=not PartialState().is_main_process):
-        image_id = meta.image_ids[index]
-        path = safe_join(scoremap_dir, f"{image_id}.npy", "image id")
-        if not os.path.isfile(path):
-            raise ValueError(f"no score map for image id {image_id!r}: {path} does not exist.")
-        score_map = check_score_map(np.load(path), f"score map {path}", size)
-        if meta.boxes[image_id]:
-            if image_id not in meta.sizes:
-                raise ValueError(f"image_sizes.txt has no size for image id {image_id!r}.")
-            width, height = meta.sizes[image_id]
-            boxes = check_boxes(meta.boxes[image_id], width, height, f"image id {image_id!r}")
-            boxes_acc.add(score_map, rescale_boxes(boxes, width, height, size))
-        if image_id in meta.masks:
-            root = mask_root or os.path.dirname(metadata_dir)
-            mask = union_mask_image([safe_join(root, m, "mask path") for m in meta.masks[image_id]])
-            ignore = meta.ignores.get(image_id)
-            ignore = Image.open(safe_join(root, ignore, "ignore-mask path")) if ignore else None
-            pixels.add(score_map, _mask(mask, size), _mask(ignore, size))
-    state = {"boxes": boxes_acc, "pixels": pixels, "count": len(indices)}
-    if PartialState().num_processes > 1:
-        parts = gather_object([state])
-        state = parts[0]
-        for other in parts[1:]:
-            state = {
-                "boxes": state["boxes"].merge(other["boxes"]),
-                "pixels": state["pixels"].merge(other["pixels"]),
-                "count": state["count"] + other["count"],
-            }
-    entry = state["boxes"].compute() if state["boxes"].count else {}
-    if state["pixels"].foreground.sum() or meta.masks:
-        entry.update(state["pixels"].compute())
-    entry.pop("top1_loc", None)  # no classifier: only GT-known
-    return {
-        "num_images": state["count"],
-        "scoremaps": entry,
-        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(settings).items()},
-    }
 
 
 def markdown_table(results: dict) -> str:

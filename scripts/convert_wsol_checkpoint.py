@@ -9,9 +9,6 @@ A plain checkpoint becomes a `Wsol*ForImageClassification`; an authors' dual che
 
 import argparse
 
-from hf_dualsig import available_heads
-from hf_dualsig.convert_wsol import convert_and_save
-
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -27,6 +24,9 @@ def main(argv=None):
     )
     parser.add_argument("--labels_file", help="class names, one per line, line i for class i (default LABEL_i)")
     args = parser.parse_args(argv)
+    from hf_dualsig import available_heads  # torch: after parsing, so that --help starts fast
+    from hf_dualsig.convert_wsol import convert_and_save
+
     id2label = None
     if args.labels_file:
         with open(args.labels_file) as handle:

@@ -12,15 +12,13 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from accelerate import PartialState
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
+# Light imports only up here, so that `--help` and `--scoremap_dir` import no torch; the model path imports it inside
+# `evaluate_checkpoint`.
+from transformers import HfArgumentParser
 
-import hf_dualsig  # noqa: F401  (registers the dual model with the Auto classes)
-from hf_dualsig.evaluation import EvalArguments, evaluate_scoremaps, run_evaluation
-from hf_dualsig.data.loaders import check_split
+from hf_dualsig.data.splits import DataArguments
+from hf_dualsig.eval_arguments import EvalArguments
 from hf_dualsig.files import check_writable, write_atomically, write_text
-from hf_dualsig.hub import check_model_source, check_repo_id, publish, require_token
-from hf_dualsig.data.splits import DataArguments, load_split
 
 
 @dataclass
@@ -37,6 +35,8 @@ class Target:
 
 def check_before_work(target: Target, output_dir: str) -> str | None:
     """The checkpoint, the output folder and the Hub settings, before any image is read; returns the token."""
+    from hf_dualsig.hub import check_model_source, check_repo_id, require_token
+
     source = target.model_name_or_path
     if source == Target.model_name_or_path and not os.path.isdir(source):
         raise ValueError(f"{source} does not exist yet: run `make demo` (scripts/train.py) first.")
@@ -53,15 +53,37 @@ def check_before_work(target: Target, output_dir: str) -> str | None:
 def main(argv=None):
     target, data, args = HfArgumentParser((Target, DataArguments, EvalArguments)).parse_args_into_dataclasses(args=argv)
     if target.scoremap_dir:
-        if not data.metadata_dir:
-            raise SystemExit("--scoremap_dir needs --metadata_dir (the split's folder with image_ids.txt etc.).")
-        output_dir = target.output_dir or os.path.join(target.scoremap_dir, "eval")
-        results = evaluate_scoremaps(target.scoremap_dir, data.metadata_dir, args, target.mask_root)
-        path = os.path.join(output_dir, "results.json")
-        write_atomically(path, lambda tmp: write_text(tmp, json.dumps(results, indent=2)))
-        print(f"wrote {path}")
-        print(json.dumps(results["scoremaps"], indent=2))
-        return
+        score_maps(target, data, args)
+    else:
+        evaluate_checkpoint(target, data, args)
+
+
+def score_maps(target: Target, data: DataArguments, args: EvalArguments) -> None:
+    """--scoremap_dir: precomputed maps against the split's metadata, no model (and no torch)."""
+    from hf_dualsig.scoremaps import evaluate_scoremaps
+
+    if not data.metadata_dir:
+        raise SystemExit("--scoremap_dir needs --metadata_dir (the split's folder with image_ids.txt etc.).")
+    output_dir = target.output_dir or os.path.join(target.scoremap_dir, "eval")
+    results = evaluate_scoremaps(target.scoremap_dir, data.metadata_dir, args, target.mask_root)
+    path = os.path.join(output_dir, "results.json")
+    write_atomically(path, lambda tmp: write_text(tmp, json.dumps(results, indent=2)))
+    print(f"wrote {path}")
+    print(json.dumps(results["scoremaps"], indent=2))
+
+
+def evaluate_checkpoint(target: Target, data: DataArguments, args: EvalArguments) -> None:
+    """A checkpoint on a split: reports in the output folder, then the Hub if asked."""
+    from accelerate import PartialState
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+
+    import hf_dualsig
+    from hf_dualsig.data.loaders import check_split
+    from hf_dualsig.data.splits import load_split
+    from hf_dualsig.evaluation import run_evaluation
+    from hf_dualsig.hub import publish
+
+    hf_dualsig.register_auto_classes()  # AutoConfig / AutoModelForImageClassification then load dual checkpoints
     output_dir = target.output_dir or os.path.join(target.model_name_or_path, "eval")
     token = check_before_work(target, output_dir)
     num_labels = AutoConfig.from_pretrained(target.model_name_or_path).num_labels

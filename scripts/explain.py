@@ -11,18 +11,11 @@ import argparse
 import os
 from pathlib import Path
 
-import torch
+# Light imports only up here (`--help` and the argument checks import no torch); the rest inside the functions.
 from PIL import Image
-from tqdm.auto import tqdm
-from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-from hf_dualsig import available_heads, explain
-from hf_dualsig.data.transforms import transform_from_processor
-from hf_dualsig.data.splits import DataArguments, load_split
-from hf_dualsig.evaluation import EvalArguments
+from hf_dualsig.eval_arguments import EvalArguments
 from hf_dualsig.files import check_writable
-from hf_dualsig.hub import check_model_source
-from hf_dualsig.viz import overlay_grid, save_png
 
 SKIMAGE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera")
 DEFAULT_CHECKPOINT = "outputs/lite0-dualsig"
@@ -30,6 +23,13 @@ DEFAULT_CHECKPOINT = "outputs/lite0-dualsig"
 
 def render(model, processor, images, titles, methods, heads, output, batch_size=8) -> str:
     """Explain `images` in batches and save one grid PNG."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from hf_dualsig import available_heads, explain
+    from hf_dualsig.data.transforms import transform_from_processor
+    from hf_dualsig.viz import overlay_grid, save_png
+
     heads = [h for h in heads if h in available_heads(model)]
     transform = transform_from_processor(processor)
     maps = {}
@@ -59,6 +59,8 @@ def check_before_work(args) -> tuple[list[str], list[str]]:
     if args.num_images < 1:
         raise ValueError(f"--num_images {args.num_images}: must be a positive integer.")
     if args.model_name_or_path:
+        from hf_dualsig.hub import check_model_source
+
         check_model_source(args.model_name_or_path)
     for path in args.images or []:
         if not os.path.exists(path):
@@ -79,6 +81,14 @@ def main(argv=None):
     parser.add_argument("--output_dir", default="outputs/explain")
     args = parser.parse_args(argv)
     methods, heads = check_before_work(args)
+    import torch  # the heavy imports, once the arguments are known to be good
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    import hf_dualsig
+    from hf_dualsig.data.splits import DataArguments, load_split
+    from hf_dualsig.data.transforms import transform_from_processor
+
+    hf_dualsig.register_auto_classes()  # AutoModelForImageClassification then loads dual checkpoints
     written = []
     if args.model_name_or_path is None:
         import numpy as np
@@ -107,8 +117,6 @@ def main(argv=None):
         if os.path.isdir(DEFAULT_CHECKPOINT):
             args.model_name_or_path, args.dataset = DEFAULT_CHECKPOINT, args.dataset or "synthetic"
     if args.model_name_or_path:
-        import hf_dualsig  # noqa: F401  (registers the dual model with the Auto classes)
-
         model = AutoModelForImageClassification.from_pretrained(args.model_name_or_path).eval()
         processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
         if args.images:

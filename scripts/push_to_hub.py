@@ -10,12 +10,11 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from transformers import AutoImageProcessor, AutoModelForImageClassification, HfArgumentParser
+# Light imports only up here, so that `--help` imports no torch; the rest inside the functions.
+from transformers import HfArgumentParser
 
-import hf_dualsig  # noqa: F401  (registers the dual model with the Auto classes)
+from hf_dualsig.data.splits import DataArguments
 from hf_dualsig.files import check_writable
-from hf_dualsig.hub import check_repo_id, check_stage_dir, publish, require_token
-from hf_dualsig.data.splits import DataArguments, load_split
 
 
 @dataclass
@@ -38,6 +37,8 @@ class PushArguments:
 
 def check_before_work(push: PushArguments, stage_dir: str) -> str | None:
     """Repo id, checkpoint and staging folder (never one holding the checkpoint), and the token, before any work."""
+    from hf_dualsig.hub import check_repo_id, check_stage_dir, require_token
+
     if not push.repo_id:
         raise ValueError("--repo_id user/name is required (it also names the model in the card).")
     check_repo_id(push.repo_id, "--repo_id")
@@ -52,6 +53,13 @@ def main(argv=None):
     push, data = HfArgumentParser((PushArguments, DataArguments)).parse_args_into_dataclasses(args=argv)
     stage_dir = push.stage_dir or os.path.join(push.checkpoint, "hub")
     token = check_before_work(push, stage_dir)
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    import hf_dualsig
+    from hf_dualsig.data.splits import load_split
+    from hf_dualsig.hub import publish
+
+    hf_dualsig.register_auto_classes()  # AutoModelForImageClassification then loads dual checkpoints
     model = AutoModelForImageClassification.from_pretrained(push.checkpoint)
     processor = AutoImageProcessor.from_pretrained(push.checkpoint)
     results_path = push.results or os.path.join(push.checkpoint, "eval", "results.json")

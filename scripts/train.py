@@ -12,8 +12,11 @@ import sys
 
 from transformers import HfArgumentParser
 
-from hf_dualsig.evaluation import EvalArguments
+import hf_dualsig
 from hf_dualsig.data.splits import DataArguments
+from hf_dualsig.eval_arguments import EvalArguments
+
+# DualSigTrainingArguments extends transformers' TrainingArguments, which imports torch: so does `--help` here.
 from hf_dualsig.train_job import DualSigTrainingArguments, ModelArguments, run
 
 
@@ -21,6 +24,7 @@ def main(argv=None):
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     parser = HfArgumentParser((ModelArguments, DataArguments, EvalArguments, DualSigTrainingArguments))
     model_args, data_args, eval_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    hf_dualsig.register_auto_classes()  # --push_to_hub stages through pipeline("dualsig-cam")
     result = run(model_args, data_args, training_args, eval_args)
     if training_args.process_index == 0:
         print(json.dumps(result, indent=2, default=str))

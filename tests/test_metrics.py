@@ -273,3 +273,34 @@ def test_accumulators_merge_exactly():
             pix.add(m, mask)
     assert a.merge(b).compute() == whole.compute()
     assert pa.merge(pb).compute() == pix_whole.compute()
+
+
+def test_the_sweeps_release_the_gil_and_threads_count_the_same():
+    """Threads score maps at once (the numba entry points are nogil) with the counts of scoring in turn."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hf_dualsig.metrics.contours import hole_sweep, outer_sweep
+
+    assert hole_sweep.targetoptions.get("nogil") and outer_sweep.targetoptions.get("nogil")
+    rng = np.random.default_rng(5)
+    maps = [
+        ((m - m.min()) / (m.max() - m.min())).astype(np.float32) for m in (_smooth(rng, 96, 96) for _ in range(12))
+    ] + [m for _, m, _ in varied_maps(40, seed=5)]
+    boxes = [random_boxes(rng, *m.shape) for m in maps]
+
+    def score(share):
+        boxes_acc, pixels = BoxAccuracy(), PixelPrecision()
+        for i in share:
+            boxes_acc.add(maps[i], boxes[i], i % 3 > 0)
+            pixels.add(maps[i], _mask(boxes[i], maps[i].shape))
+        return boxes_acc, pixels
+
+    in_turn = score(range(len(maps)))
+    with ThreadPoolExecutor(2) as pool:
+        (a, pa), (b, pb) = pool.map(score, (range(0, len(maps), 2), range(1, len(maps), 2)))
+    merged, merged_pixels = a.merge(b), pa.merge(pb)
+    for name in ("correct_v1", "correct_v2"):
+        np.testing.assert_array_equal(getattr(merged, name), getattr(in_turn[0], name))
+    assert (merged.gt_known, merged.top1, merged.count) == (in_turn[0].gt_known, in_turn[0].top1, in_turn[0].count)
+    np.testing.assert_array_equal(merged_pixels.foreground, in_turn[1].foreground)
+    np.testing.assert_array_equal(merged_pixels.background, in_turn[1].background)

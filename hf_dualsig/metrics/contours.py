@@ -19,6 +19,9 @@ What OpenCV returns at level t, and how it is tracked here with union-find over 
 
 Images are padded by one pixel and indexed flat; parent -1 marks a pixel not yet added. "Hits" of a box: how many
 of the IoU thresholds (ascending) its best IoU with a ground-truth box reaches.
+
+The entry points called from Python (`hole_sweep`, `outer_sweep`) release the GIL (nogil): threads score maps at
+once. They touch no shared state, only their arguments and the constant tables below.
 """
 
 import numba
@@ -248,7 +251,7 @@ def _hole_hits(box, root, width, height, gt, iou_thresholds):
     return _hits(box[root, 0] - 1, box[root, 1] - 1, x1, y1, gt, iou_thresholds)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def hole_sweep(u, peak, gt, iou_thresholds):
     """For levels t < peak: the most hits of any hole contour of u > t and the number of components of u > t
     (Euler number + holes); and `joined`, the level at which each pixel joins the background connected to the
@@ -348,7 +351,7 @@ def _heap_pop(heap, length):
         i = child
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def outer_sweep(values, peak, gt, iou_thresholds):
     """For levels t < peak, from the 8-connected components of values > t: the most hits of their outer contours,
     their number, and the box and hits of the one with the largest contour area, ties to the one whose first pixel
