@@ -12,6 +12,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_tok
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import pipeline
 
+from . import register_auto_classes
 from .cam import available_heads, explain
 from .data.transforms import transform_from_processor
 from .evaluation import markdown_table
@@ -169,6 +170,7 @@ def stage(
     _remove_interrupted_stagings(parent)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".staging-{os.getpid()}-")
     Path(tmp, STAGE_MARKER).write_text(str(os.getpid()))
+    register_auto_classes()  # the "dualsig-cam" task
     pipeline("dualsig-cam", model=model, image_processor=processor).save_pretrained(tmp)
     gallery = []
     if results:
