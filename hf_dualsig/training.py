@@ -278,8 +278,10 @@ class DualSigmoidTrainer(Trainer):
         eval_dataset = feed(eval_dataset, kinds["eval"], eval_transform, None)
         if feature_cache_views and feature_cache_views > 1:
             kwargs["callbacks"] = [*(kwargs.get("callbacks") or []), _EpochToDataset(train_dataset)]
-        # a with_transform dataset needs its raw columns; ours are the inputs (a copy: the caller's args stay as given)
-        args = dataclasses.replace(args, remove_unused_columns=False)
+        # a with_transform dataset needs its raw columns; ours are the inputs. Pinned memory only with an accelerator
+        # (else torch warns at every DataLoader). A copy: the caller's args stay as given.
+        pin_memory = args.dataloader_pin_memory and torch.accelerator.is_available()
+        args = dataclasses.replace(args, remove_unused_columns=False, dataloader_pin_memory=pin_memory)
         kwargs.setdefault("compute_metrics", compute_head_accuracies)
         kwargs.setdefault("preprocess_logits_for_metrics", preprocess_logits_for_metrics)
         kwargs["data_collator"] = BatchCollator(kwargs.get("data_collator") or collate_rows)
