@@ -14,6 +14,7 @@ import transformers as T
 from PIL import Image
 
 from hf_dualsig import DualSigmoidForImageClassification
+from hf_dualsig.adaptation import HeadInputs
 from hf_dualsig.data.transforms import ImageTransform
 from hf_dualsig.data.splits import DataArguments
 from hf_dualsig.train_job import DualSigTrainingArguments, ModelArguments, run
@@ -203,6 +204,32 @@ def test_feature_cache_trains_the_same_head_and_freezes_the_rest(tiny_classifier
     )
     assert _checksum(cached.classifier) == _checksum(direct.classifier) == _checksum(untouched.classifier)
     assert not torch.equal(cached.sigmoid_head[0][1].weight, untouched.sigmoid_head[0][1].weight)
+
+
+def test_the_streamed_memory_mapped_cache_trains_the_same_head_as_features_held_in_memory(
+    tiny_classifier_dir, synthetic, tmp_path
+):
+    streamed, trainer = _train_head(tiny_classifier_dir, synthetic, tmp_path / "a", use_feature_cache=True)
+    classifier = T.AutoModelForImageClassification.from_pretrained(tiny_classifier_dir).eval()
+    frozen = DualSigmoidForImageClassification.from_classifier(classifier)
+    splits = {}
+    with torch.no_grad():
+        for name in ("train", "validation"):
+            pixels = torch.stack([TRANSFORM(image) for image in synthetic[name]["image"]])
+            splits[name] = HeadInputs(
+                frozen(pixel_values=pixels).head_inputs[0], torch.tensor(synthetic[name]["label"])
+            )
+    in_memory, _ = _train_head(
+        tiny_classifier_dir,
+        synthetic,
+        tmp_path / "b",
+        train_dataset=splits["train"],
+        eval_dataset=splits["validation"],
+        train_transform=None,
+    )
+    assert trainer.uses_feature_cache
+    for key, value in streamed.sigmoid_head.state_dict().items():
+        torch.testing.assert_close(value, in_memory.sigmoid_head.state_dict()[key], atol=1e-6, rtol=0)
 
 
 def test_gradient_accumulation_gives_the_full_batch_loss(tiny_classifier_dir, synthetic, tmp_path):
