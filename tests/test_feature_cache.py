@@ -69,13 +69,19 @@ def test_rows_come_back_exactly_across_shards_views_and_epochs(tmp_path):
         cache.__getitems__([13])
 
 
-def test_only_a_complete_cache_with_the_same_key_is_reused(tiny_classifier_dir, synthetic, tmp_path):
+def _model_counting_forwards(classifier_dir):
+    """A dual model of the tiny classifier, and the list its classifier's forward passes append to."""
     torch.manual_seed(0)
     model = DualSigmoidForImageClassification.from_classifier(
-        T.AutoModelForImageClassification.from_pretrained(tiny_classifier_dir)
+        T.AutoModelForImageClassification.from_pretrained(classifier_dir)
     )
     calls = []
     model.classifier.register_forward_hook(lambda *_: calls.append(1))
+    return model, calls
+
+
+def test_only_a_complete_cache_with_the_same_key_is_reused(tiny_classifier_dir, synthetic, tmp_path):
+    model, calls = _model_counting_forwards(tiny_classifier_dir)
 
     def build(transform=TRANSFORM):
         settings = CacheSettings(str(tmp_path), batch_size=16)  # 48 images: 3 batches
@@ -192,12 +198,7 @@ def test_two_processes_read_the_same_features_and_train_the_same_head(tiny_class
 
 
 def test_bfloat16_autocast_cache_is_close_to_float32_and_keyed_apart(tiny_classifier_dir, synthetic, tmp_path):
-    torch.manual_seed(0)
-    model = DualSigmoidForImageClassification.from_classifier(
-        T.AutoModelForImageClassification.from_pretrained(tiny_classifier_dir)
-    )
-    calls = []
-    model.classifier.register_forward_hook(lambda *_: calls.append(1))
+    model, calls = _model_counting_forwards(tiny_classifier_dir)
 
     def build(autocast, dtype="float32"):
         settings = CacheSettings(str(tmp_path), dtype=dtype, batch_size=16, autocast_dtype=autocast)
