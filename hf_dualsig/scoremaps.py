@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data.loaders import read_wsol_metadata, union_mask_image
+from .data.metadata import read_wsol_metadata, union_mask_image
 from .eval_arguments import EvalArguments
 from .files import safe_join
 from .metrics.wsol import BoxAccuracy, PixelPrecision, check_boxes, check_score_map, rescale_boxes

@@ -1,5 +1,6 @@
-"""Start-up: the scripts' `--help`, argument checks and `evaluate.py --scoremap_dir` import no torch (nor accelerate);
-the package registers the dual model with the Auto classes on first use. Checked on sys.modules, not on timings."""
+"""Start-up: the scripts' `--help`, argument checks and `evaluate.py --scoremap_dir` import no torch, accelerate or
+`datasets` (about 1 s of pyarrow and pandas); the package registers the dual model with the Auto classes on first use.
+Checked on sys.modules, not on timings."""
 
 import json
 import os
@@ -32,7 +33,7 @@ try:
             if exit.code not in (0, None):
                 raise
 finally:
-    print("HEAVY=" + ",".join(m for m in ("torch", "accelerate") if m in sys.modules))
+    print("HEAVY=" + ",".join(m for m in ("torch", "accelerate", "datasets") if m in sys.modules))
 """
 
 

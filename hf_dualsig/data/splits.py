@@ -3,7 +3,6 @@
 import os
 from dataclasses import dataclass, field, fields
 
-from .loaders import load_image_dataset, load_wsol_metadata
 from .synthetic import SyntheticWSOLConfig, load_synthetic_wsol
 
 _SYNTHETIC = {f"synthetic_{f.name}": f for f in fields(SyntheticWSOLConfig) if f.name != "image_size"}
@@ -47,6 +46,8 @@ class DataArguments:
 
 def load_split(data: DataArguments, split: str):
     """One split of the chosen source in the common schema (image, label, boxes, optional masks)."""
+    from .loaders import load_image_dataset, load_wsol_metadata  # imports `datasets`: here, not for --help
+
     if data.dataset == "synthetic":
         synthetic = load_synthetic_wsol(data.synthetic_config())
         if split not in synthetic:

@@ -12,10 +12,15 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, List, Value, load_from_disk
 from PIL import Image as PILImage
+
+# `datasets` (about 1 s to import) is imported by the functions that build the set: `SyntheticWSOLConfig` gives
+# `DataArguments` its defaults, so every script's `--help` imports this module.
+if TYPE_CHECKING:
+    from datasets import DatasetDict, Features
 
 # name, shape, texture, RGB colour, ground tint (context cue)
 CLASSES = (
@@ -51,8 +56,10 @@ class SyntheticWSOLConfig:
                 raise ValueError(f"{split}={getattr(self, split)}: every split needs at least one image.")
 
 
-def synthetic_features(num_classes: int) -> Features:
+def synthetic_features(num_classes: int) -> "Features":
     """The common WSOL schema: image, label, boxes (x0, y0, x1, y1, inclusive pixels), mask."""
+    from datasets import ClassLabel, Features, Image, List, Value
+
     return Features(
         {
             "image": Image(),
@@ -65,9 +72,11 @@ def synthetic_features(num_classes: int) -> Features:
 
 def load_synthetic_wsol(
     config: SyntheticWSOLConfig = SyntheticWSOLConfig(), cache_dir: str | None = None
-) -> DatasetDict:
+) -> "DatasetDict":
     """The synthetic set as a `DatasetDict` (train/validation/test), cached on disk by its settings
     (in `cache_dir`, else $HF_DUALSIG_CACHE, else ~/.cache/hf_dualsig)."""
+    from datasets import Dataset, DatasetDict, load_from_disk
+
     cache_dir = (
         cache_dir or os.environ.get("HF_DUALSIG_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hf_dualsig")
     )
