@@ -53,7 +53,7 @@ def _heavy_modules(*args: str) -> list[str]:
     return heavy
 
 
-def test_light_modules_import_no_torch():
+def test_light_modules_import_no_torch_accelerate_or_datasets():
     modules = ["hf_dualsig", "hf_dualsig.eval_arguments", "hf_dualsig.scoremaps", "hf_dualsig.data.splits"]
     assert _heavy_modules("import", *modules) == []
 
@@ -61,17 +61,17 @@ def test_light_modules_import_no_torch():
 @pytest.mark.parametrize(
     "script", ["evaluate", "explain", "push_to_hub", "convert_wsol_checkpoint", "convert_efficientnet_lite0"]
 )
-def test_script_help_imports_no_torch(script):
+def test_script_help_imports_no_torch_accelerate_or_datasets(script):
     assert _heavy_modules("run", f"scripts/{script}.py", "--help") == []
 
 
-def test_explain_rejects_bad_arguments_before_importing_torch(tmp_path):
+def test_explain_rejects_bad_arguments_before_heavy_imports(tmp_path):
     result, heavy = _run("run", "scripts/explain.py", "--methods", "cam,smoothgrad", "--output_dir", str(tmp_path))
     assert result.returncode != 0 and "--methods 'cam,smoothgrad': unknown ['smoothgrad']" in result.stderr
     assert heavy == []
 
 
-def test_scoremap_mode_imports_no_torch_and_scores(tmp_path):
+def test_scoremap_mode_imports_nothing_heavy_and_scores(tmp_path):
     meta, ids, _ = _write_layout(tmp_path, with_masks=True)
     _save_maps(tmp_path / "scoremaps", ids, [np.full((64, 64), 0.5, np.float32) for _ in ids])
     options = ["--scoremap_dir", str(tmp_path / "scoremaps"), "--metadata_dir", str(meta), "--eval_size", "64"]
