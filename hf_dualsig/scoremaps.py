@@ -22,8 +22,8 @@ _WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_
 
 def launched_processes() -> bool:
     """Whether this process is one of several launched together (`accelerate launch`, torchrun, mpirun)."""
-    return int(os.environ.get("LOCAL_RANK", -1)) != -1 or any(
-        int(os.environ.get(name, 1)) > 1 for name in _WORLD_SIZE_VARIABLES
+    return int(os.environ.get("LOCAL_RANK", "-1")) != -1 or any(
+        int(os.environ.get(name, "1")) > 1 for name in _WORLD_SIZE_VARIABLES
     )
 
 

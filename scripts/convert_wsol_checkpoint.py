@@ -33,7 +33,9 @@ def main(argv=None):
             id2label = dict(enumerate(line.strip() for line in handle if line.strip()))
     model = convert_and_save(args.checkpoint, args.output_dir, args.architecture, args.large_feature_map, id2label)
     kind = (
-        "dual checkpoint (fc -> softmax head, fc2 -> sigmoid head)" if "sigmoid" in available_heads(model) else "classifier"
+        "dual checkpoint (fc -> softmax head, fc2 -> sigmoid head)"
+        if "sigmoid" in available_heads(model)
+        else "classifier"
     )
     print(f"saved {type(model).__name__} ({kind}) + image processor to {args.output_dir}")
 
