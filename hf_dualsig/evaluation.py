@@ -21,9 +21,9 @@ from .data.transforms import ImageTransform, transform_from_processor
 from .eval_arguments import PAPER_METHODS, EvalArguments  # noqa: F401  (PAPER_METHODS: re-exported)
 from .files import safe_join, write_atomically, write_text
 from .metrics.fidelity import ConfidenceChange, class_probabilities, insertion_deletion_auc, probabilities
-from .viz import gallery, save_png
 from .metrics.wsol import BoxAccuracy, PixelPrecision, check_boxes, rescale_boxes
-from .scoremaps import binary_mask as _mask, evaluate_scoremaps  # noqa: F401  (evaluate_scoremaps: re-exported)
+from .scoremaps import binary_mask
+from .viz import gallery, save_png
 
 
 @dataclass
@@ -154,8 +154,8 @@ class _EvalImages(Dataset):
             boxes = check_boxes(row["boxes"], *image.size, f"image {index}")
             item["boxes"] = rescale_boxes(boxes, *image.size, self.size)
         if row.get("mask") is not None:
-            item["mask"] = _mask(row["mask"], self.size)
-            item["ignore_mask"] = _mask(row.get("ignore_mask"), self.size)
+            item["mask"] = binary_mask(row["mask"], self.size)
+            item["ignore_mask"] = binary_mask(row.get("ignore_mask"), self.size)
         return item
 
 

@@ -1,6 +1,5 @@
 """Training the sigmoid branch: `DualSigmoidTrainer`, fed through the frozen backbone or from its feature cache."""
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -178,7 +177,6 @@ def _write_shard(model, dataset, transform, schedule, rows, directory, settings,
     model = model.to(device).eval()
     images = dataset.select_columns(["image", "label"])
     autocast_dtype = AUTOCAST_DTYPES[settings.autocast_dtype]
-    autocast = (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype else contextlib.nullcontext
     for view in range(schedule.views):
         loader = DataLoader(
             Subset(TransformedDataset(images, transform, schedule, view), rows),
@@ -189,7 +187,9 @@ def _write_shard(model, dataset, transform, schedule, rows, directory, settings,
         )
         desc = f"caching head inputs, view {view + 1}/{schedule.views} ({len(dataset)} images)"
         for batch in tqdm(loader, desc=desc, disable=not state.is_main_process):
-            with autocast():
+            with torch.autocast(
+                device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
+            ):
                 out = model(pixel_values=batch["pixel_values"].to(device, non_blocking=True))
             for head, features in enumerate(out.head_inputs):
                 writer.append(f"view{view}.head{head}", features.float())  # stored as settings.dtype

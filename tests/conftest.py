@@ -1,4 +1,6 @@
 import os
+import socket
+import sys
 
 import pytest
 import transformers as T
@@ -8,6 +10,16 @@ from hf_dualsig.zoo import tiny_classifier
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SMALL_SYNTHETIC = SyntheticWSOLConfig(num_train=48, num_val=16, num_test=16, image_size=32, num_classes=4)
+
+
+def two_process_launch() -> list[str]:
+    """`accelerate launch` of 2 DDP processes (gloo on CPU) on a free port, not the default 29500 that another run
+    may hold."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    return [sys.executable, *launch, "--main_process_port", str(port)]
 
 
 @pytest.fixture(scope="session")

@@ -2,13 +2,15 @@
 
 import numpy as np
 import pytest
-from datasets import Dataset, Features, Image as ImageFeature, List, Value
+from datasets import Dataset, Features, List, Value
+from datasets import Image as ImageFeature
 from PIL import Image
 
 from hf_dualsig.data.loaders import load_image_dataset, load_wsol_metadata
 from hf_dualsig.data.synthetic import SyntheticWSOLConfig, draw_example, load_synthetic_wsol
-from hf_dualsig.evaluation import EvalArguments, evaluate_scoremaps
+from hf_dualsig.eval_arguments import EvalArguments
 from hf_dualsig.metrics.wsol import BoxAccuracy, PixelPrecision, rescale_boxes
+from hf_dualsig.scoremaps import evaluate_scoremaps
 
 
 def _write_layout(root, with_masks=False):

@@ -3,13 +3,13 @@ with the same key, half-precision error bounds, flat resident memory, the same f
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import transformers as T
+from conftest import two_process_launch
 
 from hf_dualsig import DualSigmoidForImageClassification
 from hf_dualsig.data.transforms import ImageTransform
@@ -171,7 +171,7 @@ def test_two_processes_read_the_same_features_and_train_the_same_head(tiny_class
     import train_driver
 
     env = {**os.environ, "HF_DUALSIG_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch = two_process_launch()
     options = ["--augment", "crop_flip", "--views", "2"]
     command = [*launch, "tests/train_driver.py", str(tiny_classifier_dir), str(tmp_path / "two"), *options]
     two = subprocess.run(

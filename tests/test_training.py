@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 import transformers as T
+from conftest import two_process_launch
 from PIL import Image
 
 from hf_dualsig import DualSigmoidForImageClassification
 from hf_dualsig.adaptation import HeadInputs
-from hf_dualsig.data.transforms import ImageTransform
 from hf_dualsig.data.splits import DataArguments
+from hf_dualsig.data.transforms import ImageTransform
 from hf_dualsig.train_job import DualSigTrainingArguments, ModelArguments, run
 from hf_dualsig.training import DualSigmoidTrainer
-
 
 REPO = Path(__file__).resolve().parents[1]
 TRANSFORM = ImageTransform(32, 32)
@@ -262,7 +262,7 @@ def test_evaluation_reports_both_heads_and_the_bce(tiny_classifier_dir, syntheti
 def _run_in_one_and_two_processes(script_args, one_args, two_args, tmp_path):
     """Run a script (arguments start with its path) in one process and under a 2-process gloo launch."""
     env = {**os.environ, "HF_DUALSIG_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch = two_process_launch()
     runs = []
     for prefix, extra in (([sys.executable], one_args), (launch, two_args)):
         run_ = subprocess.run([*prefix, *script_args, *extra], cwd=REPO, env=env, capture_output=True, text=True)
